@@ -1,0 +1,61 @@
+"""recoverly: error recovery for Python services and ML pipelines.
+
+Retry with backoff, circuit breakers, fallbacks, timeouts, transactions and
+batch processing, for sync and ``async`` code, with no dependency. Database,
+training, Celery, Redis and metrics integrations are optional extras.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from recoverly import events as events
+from recoverly.backoff import RetryStrategy as RetryStrategy
+from recoverly.budget import RetryBudget as RetryBudget
+from recoverly.budget import RetryBudgetStatistics as RetryBudgetStatistics
+from recoverly.errors import CircuitBreakerError as CircuitBreakerError
+from recoverly.errors import CircuitState as CircuitState
+from recoverly.errors import RecoverlyError as RecoverlyError
+from recoverly.errors import RejectedError as RejectedError
+from recoverly.errors import TimeoutExceeded as TimeoutExceeded
+from recoverly.retry import Retry as Retry
+from recoverly.retry import RetryStatistics as RetryStatistics
+from recoverly.retry import retry as retry
+from recoverly.retrying import Attempt as Attempt
+from recoverly.retrying import Retrying as Retrying
+from recoverly.retrying import retrying as retrying
+
+if TYPE_CHECKING:
+    __version__: str
+
+__all__ = [
+    "Attempt",
+    "CircuitBreakerError",
+    "CircuitState",
+    "RecoverlyError",
+    "RejectedError",
+    "Retry",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "RetryStatistics",
+    "RetryStrategy",
+    "Retrying",
+    "TimeoutExceeded",
+    "events",
+    "retry",
+    "retrying",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            return version("recoverly")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "0.0.0"
+    msg = f"module 'recoverly' has no attribute {name!r}"
+    raise AttributeError(msg)

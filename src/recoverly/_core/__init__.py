@@ -1,0 +1,1 @@
+"""Shared machinery for recoverly's strategies. Nothing here is public."""
