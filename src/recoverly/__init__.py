@@ -7,9 +7,7 @@ training, Celery, Redis and metrics integrations are optional extras.
 .. versionadded:: 0.1
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from recoverly import events as events
 from recoverly.backoff import RetryStrategy as RetryStrategy
@@ -27,7 +25,7 @@ from recoverly.retrying import Attempt as Attempt
 from recoverly.retrying import Retrying as Retrying
 from recoverly.retrying import retrying as retrying
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     __version__: str
 
 __all__ = [
@@ -49,7 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> str:
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 

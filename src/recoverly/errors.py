@@ -58,7 +58,7 @@ class RecoverlyError(Exception):
 
 
 def _rebuild(cls: type[RecoverlyError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
-    exc = Exception.__new__(cls)
+    exc = cls.__new__(cls, *args)
     exc.args = args
     exc.__dict__.update(attrs)
     return exc

@@ -27,7 +27,7 @@ from recoverly._core.bus import BUS
 from recoverly._core.callables import Kind, guess_name, kind_of
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.predicates import Predicate, compile_filter, describe_filter
-from recoverly._core.validate import Problems, to_seconds
+from recoverly._core.validate import Duration, Problems, to_seconds
 from recoverly.backoff import RetryStrategy, compute_delay
 from recoverly.budget import RetryBudget
 from recoverly.events import RetryGaveUp, RetryScheduled, RetrySucceeded
@@ -94,17 +94,17 @@ class Retry:
     def __init__(
         self,
         max_attempts: int | None = 3,
-        delay: float = 1.0,
+        delay: Duration = 1.0,
         backoff: float = 2.0,
         jitter: bool | float = False,
         exceptions: Any = (Exception,),
         strategy: RetryStrategy | str = RetryStrategy.EXPONENTIAL,
-        max_delay: float | None = None,
+        max_delay: Duration | None = None,
         on_retry: Callable[..., object] | None = None,
         *,
         retry_on_result: Callable[[Any], bool] | None = None,
         giveup: Callable[[BaseException], bool] | None = None,
-        deadline: float | None = None,
+        deadline: Duration | None = None,
         budget: RetryBudget | None = None,
         name: str | None = None,
         clock: Clock | None = None,
@@ -145,14 +145,14 @@ class Retry:
             warnings.warn(
                 "retry with max_attempts=None and no deadline retries forever",
                 UserWarning,
-                stacklevel=_stacklevel + 1,
+                stacklevel=_stacklevel,
             )
         if self.max_delay is not None and self.max_delay < self.delay:
             warnings.warn(
                 f"max_delay={self.max_delay:g} is shorter than delay={self.delay:g}; "
                 "every wait will be max_delay",
                 UserWarning,
-                stacklevel=_stacklevel + 1,
+                stacklevel=_stacklevel,
             )
 
     # ------------------------------------------------------------ decisions (no I/O)
@@ -468,17 +468,17 @@ def retry(fn: Callable[P, T], /) -> Callable[P, T]: ...
 @overload
 def retry(
     max_attempts: int | None = 3,
-    delay: float = 1.0,
+    delay: Duration = 1.0,
     backoff: float = 2.0,
     jitter: bool | float = False,
     exceptions: Any = (Exception,),
     strategy: RetryStrategy | str = RetryStrategy.EXPONENTIAL,
-    max_delay: float | None = None,
+    max_delay: Duration | None = None,
     on_retry: Callable[..., object] | None = None,
     *,
     retry_on_result: Callable[[Any], bool] | None = None,
     giveup: Callable[[BaseException], bool] | None = None,
-    deadline: float | None = None,
+    deadline: Duration | None = None,
     budget: RetryBudget | None = None,
     name: str | None = None,
     clock: Clock | None = None,
@@ -488,17 +488,17 @@ def retry(
 
 def retry(
     max_attempts: Any = 3,
-    delay: float = 1.0,
+    delay: Duration = 1.0,
     backoff: float = 2.0,
     jitter: bool | float = False,
     exceptions: Any = (Exception,),
     strategy: RetryStrategy | str = RetryStrategy.EXPONENTIAL,
-    max_delay: float | None = None,
+    max_delay: Duration | None = None,
     on_retry: Callable[..., object] | None = None,
     *,
     retry_on_result: Callable[[Any], bool] | None = None,
     giveup: Callable[[BaseException], bool] | None = None,
-    deadline: float | None = None,
+    deadline: Duration | None = None,
     budget: RetryBudget | None = None,
     name: str | None = None,
     clock: Clock | None = None,

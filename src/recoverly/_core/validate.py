@@ -11,9 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
-__all__ = ["Problems", "to_seconds"]
+__all__ = ["Duration", "Problems", "to_seconds"]
+
+#: Durations are float seconds; a ``datetime.timedelta`` is accepted too.
+Duration: TypeAlias = "float | dt.timedelta"
 
 _T = TypeVar("_T")
 

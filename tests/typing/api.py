@@ -1,0 +1,56 @@
+"""Type-level checks of the public API (checked by mypy --strict, never executed).
+
+Each ``assert_type`` line fails type checking if decoration loses a signature.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Coroutine
+from typing import Any
+
+from typing_extensions import assert_type
+
+from recoverly import Retry, RetryBudget, RetryStrategy, retry, retrying
+
+
+@retry(max_attempts=3, delay=1.0, backoff=2.0, jitter=True)
+def fetch(url: str, *, timeout: float = 10.0) -> bytes:
+    """Fetch bytes."""
+    return url.encode() * int(timeout)
+
+
+fetch(1)  # type: ignore[arg-type]  # an unused ignore would mean the signature was lost
+fetch("x", retries=3)  # type: ignore[call-arg]
+assert_type(fetch("x"), bytes)
+assert_type(fetch("x", timeout=2.0), bytes)
+
+
+@retry
+def bare(n: int) -> int:
+    """Bare decorator form."""
+    return n
+
+
+assert_type(bare(1), int)
+
+
+@retry(exceptions=(ConnectionError, TimeoutError), strategy=RetryStrategy.FIBONACCI)
+async def afetch(n: int) -> str:
+    """Async stays async."""
+    return str(n)
+
+
+async def use_async() -> None:
+    """Awaiting the wrapper gives the function's return type."""
+    pending = assert_type(afetch(1), Coroutine[Any, Any, str])
+    assert_type(await pending, str)
+    assert_type(await afetch(1), str)
+    async for attempt in retrying(max_attempts=2):
+        with attempt:
+            assert_type(attempt.number, int)
+
+
+policy: Retry = retry(max_attempts=5, delay=dt.timedelta(seconds=1), budget=RetryBudget())
+assert_type(policy.call(bare, 3), int)
+assert_type(policy.statistics().retries, int)
