@@ -14,7 +14,6 @@ When attempts run out, the last exception is re-raised unchanged.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import random as _random
 import threading
@@ -27,7 +26,9 @@ from recoverly._core.bus import BUS
 from recoverly._core.callables import Kind, guess_name, kind_of
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.predicates import Predicate, compile_filter, describe_filter
-from recoverly._core.validate import Duration, Problems, to_seconds
+from recoverly._core.validate import Duration, Problems
+from recoverly._retry_config import adapt_hook, coerce_strategy, combine, retry_after_hint
+from recoverly._retry_loop import call_async, call_sync, retry_async, retry_sync
 from recoverly.backoff import RetryStrategy, compute_delay
 from recoverly.budget import RetryBudget
 from recoverly.events import RetryGaveUp, RetryScheduled, RetrySucceeded
@@ -121,7 +122,7 @@ class Retry:
             self.jitter = DEFAULT_JITTER if jitter else 0.0
         else:
             self.jitter = p.fraction("jitter", jitter)
-        self.strategy = _strategy(p, strategy)
+        self.strategy = coerce_strategy(p, strategy)
         self.on_retry = p.optional_callable("on_retry", on_retry)
         self.retry_on_result = p.optional_callable("retry_on_result", retry_on_result)
         self.giveup = p.optional_callable("giveup", giveup)
@@ -135,8 +136,8 @@ class Retry:
             matches = compile_filter("exceptions", ())
         p.raise_if_any()
         self.exceptions = exceptions
-        self._retryable: Predicate = _combine(matches, self.giveup)
-        self._on_retry = _adapt_hook(self.on_retry)
+        self._retryable: Predicate = combine(matches, self.giveup)
+        self._on_retry = adapt_hook(self.on_retry)
         self._clock = clock
         self._random: Callable[[], float] = rand or _random.random
         self._lock = threading.Lock()
@@ -172,7 +173,7 @@ class Retry:
             previous=previous,
             rand=self._random,
         )
-        hint = _retry_after(exc)
+        hint = retry_after_hint(exc)
         if hint is not None and hint > wait:
             wait = hint
         if started is not None and self.deadline is not None:
@@ -215,110 +216,6 @@ class Retry:
             self.budget.deposit()
         return None if self.deadline is None else resolve(self._clock).monotonic()
 
-    # ------------------------------------------------------------ drivers
-    # The twins below differ only in `await`. Each runs the first attempt, then
-    # hands a retryable failure to its `_retry_*` loop.
-    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        started = self._started()
-        rejected: Any = None
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as e:
-            if not self._retryable(e):
-                raise
-            failure: BaseException | None = e
-        else:
-            if not self._bad_result(result):
-                return result
-            failure, rejected = None, result
-        return self._retry_sync(label, fn, args, kwargs, started, failure, rejected)
-
-    def _retry_sync(
-        self,
-        label: str,
-        fn: Callable[..., T],
-        args: Any,
-        kwargs: Any,
-        started: float | None,
-        exc: BaseException | None,
-        result: Any,
-    ) -> T:
-        n, previous = 1, 0.0
-        while True:
-            decision = self._next_delay(n, exc, started, previous)
-            if isinstance(decision, str):
-                return cast("T", self._give_up(label, n, exc, decision, result))
-            self._scheduled(label, n, exc, decision)
-            resolve(self._clock).sleep(decision)
-            n, previous = n + 1, decision
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as e:
-                if not self._retryable(e):
-                    raise
-                exc = e
-                continue
-            if not self._bad_result(result):
-                self._finished(label, n, None, None)
-                return cast("T", result)
-            exc = None
-
-    async def _call_async(
-        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
-    ) -> T:
-        started = self._started()
-        rejected: Any = None
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as e:
-            if not self._retryable(e):
-                raise
-            failure: BaseException | None = e
-        else:
-            if not self._bad_result(result):
-                return result
-            failure, rejected = None, result
-        return await self._retry_async(label, fn, args, kwargs, started, failure, rejected)
-
-    async def _retry_async(
-        self,
-        label: str,
-        fn: Callable[..., Awaitable[T]],
-        args: Any,
-        kwargs: Any,
-        started: float | None,
-        exc: BaseException | None,
-        result: Any,
-    ) -> T:
-        n, previous = 1, 0.0
-        while True:
-            decision = self._next_delay(n, exc, started, previous)
-            if isinstance(decision, str):
-                return cast("T", self._give_up(label, n, exc, decision, result))
-            self._scheduled(label, n, exc, decision)
-            await resolve(self._clock).asleep(decision)
-            n, previous = n + 1, decision
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as e:
-                if not self._retryable(e):
-                    raise
-                exc = e
-                continue
-            if not self._bad_result(result):
-                self._finished(label, n, None, None)
-                return cast("T", result)
-            exc = None
-
-    def _give_up(
-        self, label: str, n: int, exc: BaseException | None, reason: str, result: Any
-    ) -> Any:
-        if n > 1 or reason != "attempts":
-            self._finished(label, n, exc, reason)
-        if exc is not None:
-            raise exc
-        return result  # retry_on_result kept rejecting: hand back the last result
-
     # ------------------------------------------------------------ public API
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:  # noqa: C901 - one wrapper per kind
         """Decorate ``fn``; the wrapper has the same kind and signature."""
@@ -331,17 +228,15 @@ class Retry:
             raise TypeError(msg)
         label = self.name or guess_name(fn)
         fast = self.budget is None and self.deadline is None and self.retry_on_result is None
-        retryable, slow_sync, slow_async = self._retryable, self._call_sync, self._call_async
-        retry_sync = self._retry_sync
+        retryable = self._retryable
 
         if kind is Kind.ASYNC:
             afn = cast("Callable[..., Awaitable[Any]]", fn)
-            retry_async = self._retry_async
             if not fast:
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return await slow_async(label, afn, args, kwargs)
+                    return await call_async(self, label, afn, args, kwargs)
 
                 return cast("Callable[P, T]", async_wrapper)
 
@@ -353,7 +248,7 @@ class Retry:
                     if not retryable(exc):
                         raise
                     failure = exc
-                return await retry_async(label, afn, args, kwargs, None, failure, None)
+                return await retry_async(self, label, afn, args, kwargs, None, failure, None)
 
             return cast("Callable[P, T]", fast_async_wrapper)
 
@@ -361,7 +256,7 @@ class Retry:
 
             @functools.wraps(fn)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return slow_sync(label, fn, args, kwargs)
+                return call_sync(self, label, fn, args, kwargs)
 
             return cast("Callable[P, T]", sync_wrapper)
 
@@ -374,7 +269,7 @@ class Retry:
                     raise
                 failure = exc
             # Outside the except block, so later errors do not chain onto this one.
-            return retry_sync(label, fn, args, kwargs, None, failure, None)
+            return retry_sync(self, label, fn, args, kwargs, None, failure, None)
 
         return cast("Callable[P, T]", fast_wrapper)
 
@@ -383,11 +278,11 @@ class Retry:
 
         For ``async def`` functions use ``await policy.acall(fn, ...)``.
         """
-        return self._call_sync(self.name or guess_name(fn), fn, args, kwargs)
+        return call_sync(self, self.name or guess_name(fn), fn, args, kwargs)
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` under this policy."""
-        return await self._call_async(self.name or guess_name(fn), fn, args, kwargs)
+        return await call_async(self, self.name or guess_name(fn), fn, args, kwargs)
 
     def statistics(self) -> RetryStatistics:
         """Return a snapshot of this policy's counters."""
@@ -403,62 +298,6 @@ class Retry:
             f"jitter={self.jitter:g} exceptions={describe_filter(self.exceptions)} "
             f"retries={s.retries} recovered={s.recovered} gave_up={s.gave_up}>"
         )
-
-
-# ---------------------------------------------------------------- helpers
-def _strategy(p: Problems, value: object) -> RetryStrategy:
-    if isinstance(value, RetryStrategy):
-        return value
-    if isinstance(value, str):
-        try:
-            return RetryStrategy(value.lower())
-        except ValueError:
-            pass
-    names = ", ".join(s.name for s in RetryStrategy)
-    p._bad(f"strategy must be a RetryStrategy ({names}), got {value!r}", kind=True)
-    return RetryStrategy.EXPONENTIAL
-
-
-def _combine(matches: Predicate, giveup: Callable[[BaseException], bool] | None) -> Predicate:
-    if giveup is None:
-        return matches
-
-    def retryable(exc: BaseException) -> bool:
-        return matches(exc) and not giveup(exc)
-
-    return retryable
-
-
-def _adapt_hook(hook: Callable[..., object] | None) -> Callable[..., object] | None:
-    """Accept ``on_retry(attempt, exc, delay)`` and the older ``on_retry(attempt, exc)``."""
-    if hook is None:
-        return None
-    try:
-        params = inspect.signature(hook).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature
-        return hook
-    positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
-    takes_varargs = any(q.kind is q.VAR_POSITIONAL for q in params)
-    if takes_varargs or len(positional) >= 3:  # noqa: PLR2004 - attempt, exc, delay
-        return hook
-
-    def two_args(n: int, exc: BaseException | None, wait: float) -> object:
-        del wait
-        return hook(n, exc)
-
-    return two_args
-
-
-def _retry_after(exc: BaseException | None) -> float | None:
-    """Return the ``retry_after`` hint carried by ``exc`` in seconds, if any."""
-    hint = getattr(exc, "retry_after", None)
-    if hint is None or isinstance(hint, bool):
-        return None
-    try:
-        seconds = to_seconds(hint)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 and seconds == seconds else None  # noqa: PLR0124 - NaN check
 
 
 @overload
