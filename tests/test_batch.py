@@ -619,3 +619,32 @@ async def test_async_batch_validates_max_concurrency():
 
     with pytest.raises(ValueError, match=r"max_concurrency must be an integer >= 1, got 0"):
         await abatch_with_retry([1], process, max_concurrency=0)
+
+
+class Abort(BaseException):
+    """Not an Exception: must abort the batch rather than fail one item."""
+
+
+@pytest.mark.anyio
+async def test_async_batch_abort_propagates_unwrapped_and_stops_other_workers():
+    """A BaseException in one concurrent item propagates as itself on asyncio and Trio."""
+    started: list[int] = []
+
+    async def process(item: int) -> int:
+        started.append(item)
+        await anyio.lowlevel.checkpoint()
+        if item == 1:
+            raise Abort
+        await anyio.sleep_forever()
+        return item  # pragma: no cover
+
+    with anyio.fail_after(5), pytest.raises(Abort):
+        await abatch_with_retry(range(10), process, batch_size=10, max_concurrency=3)
+    assert started == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_async_batch_accepts_a_plain_function():
+    """A sync process_func works in abatch_with_retry too (it is simply called)."""
+    results, failed = await abatch_with_retry([1, 2], lambda x: x + 1)
+    assert (results, failed) == ([2, 3], [])

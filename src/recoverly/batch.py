@@ -260,16 +260,15 @@ _Outcome = tuple[bool, Any, int]  # (succeeded, result or exception, attempts)
 class _Run(Generic[ItemT, ResultT]):
     """Validated settings of one batch run and the lists it fills."""
 
-    __slots__ = ("failed", "fn", "label", "on_progress", "policy", "progress", "results", "size")
+    __slots__ = ("failed", "fn", "label", "on_progress", "policy", "progress", "results")
 
     def __init__(
         self,
         fn: Callable[[ItemT], Any],
-        size: int,
         policy: Retry,
         on_progress: Callable[[BatchProgress], object] | None,
     ) -> None:
-        self.fn, self.size, self.policy, self.on_progress = fn, size, policy, on_progress
+        self.fn, self.policy, self.on_progress = fn, policy, on_progress
         self.label: str = policy.name or guess_name(fn)
         self.results: list[ResultT] = []
         self.failed: list[tuple[ItemT, Exception]] = []
@@ -461,7 +460,7 @@ def batch_with_retry(
     if is_async_callable(process_func):
         msg = f"process_func {guess_name(process_func)} is async: use abatch_with_retry"
         raise TypeError(msg)
-    run: _Run[ItemT, ResultT] = _Run(process_func, size, policy, on_progress)
+    run: _Run[ItemT, ResultT] = _Run(process_func, policy, on_progress)
     batches = _chunks(iter(items), size)
     if workers is None:
         for batch in batches:
@@ -536,7 +535,7 @@ async def abatch_with_retry(
         name,
     )
     run: _Run[ItemT, ResultT] = _Run(
-        check_callable("process_func", process_func), size, policy, on_progress
+        check_callable("process_func", process_func), policy, on_progress
     )
     if isinstance(items, AsyncIterable):
         source: Any = items.__aiter__()
@@ -584,9 +583,16 @@ async def _all_at_once(workers: list[Callable[[], Awaitable[None]]]) -> None:
                 task.cancel()
         return
     trio = sys.modules["trio"]
-    async with trio.open_nursery() as nursery:
-        for w in workers:
-            nursery.start_soon(w)
+    try:
+        async with trio.open_nursery() as nursery:
+            for w in workers:
+                nursery.start_soon(w)
+    except BaseException as exc:
+        # Raise what a worker raised, as asyncio does, not a group of one.
+        inner = getattr(exc, "exceptions", None)
+        if isinstance(inner, tuple) and len(inner) == 1:
+            raise inner[0] from None
+        raise
 
 
 for _obj in (BatchProgress, abatch_with_retry, asafe_execute, batch_with_retry, safe_execute):

@@ -88,6 +88,12 @@ class TransactionStatistics:
 class TransactionManager:
     """Run a block as one transaction on ``db``: commit on success, roll back on error.
 
+    On an exception the block's own exception always propagates, even if the
+    rollback fails too. ``tx.commit()``/``tx.rollback()`` (``await
+    tx.acommit()``/``tx.arollback()`` in ``async with``) are checkpoints inside
+    the block. A manager can be used for several blocks in a row, never nested.
+    The module documentation lists the exact rules.
+
     Args:
         db: Anything with ``commit()`` and ``rollback()`` methods: a SQLAlchemy
             ``Session`` or ``AsyncSession``, a DB-API connection (``sqlite3``,
