@@ -20,7 +20,9 @@ The rules, in one place:
 * **Exception** (any ``BaseException``, cancellation included): the manager
   calls ``rollback()`` and the *original* exception propagates unchanged. If
   ``rollback()`` itself fails, that failure is logged and (on Python 3.11+)
-  added as a note to the original exception, which still propagates.
+  added as a note to the original exception, which still propagates. (In
+  ``async with`` under Trio, a rollback awaited inside an already cancelled
+  scope is cancelled too; asyncio lets it run once the block was cancelled.)
 * **commit() fails on a clean exit**: the manager rolls back (the transaction
   is in an unknown state) and the commit error propagates.
 * **tx.commit() / tx.rollback() inside the block** are checkpoints: they end
