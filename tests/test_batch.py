@@ -18,13 +18,8 @@ from hypothesis import strategies as st
 
 from recoverly import events as ev
 from recoverly import retry
-from recoverly.batch import (
-    BatchProgress,
-    abatch_with_retry,
-    asafe_execute,
-    batch_with_retry,
-    safe_execute,
-)
+from recoverly.batch import BatchProgress, abatch_with_retry, batch_with_retry
+from recoverly.safe import asafe_execute, safe_execute
 from recoverly.testing import ManualClock
 
 

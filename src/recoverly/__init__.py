@@ -11,6 +11,9 @@ import typing as _typing
 
 from recoverly import events as events
 from recoverly.backoff import RetryStrategy as RetryStrategy
+from recoverly.batch import BatchProgress as BatchProgress
+from recoverly.batch import abatch_with_retry as abatch_with_retry
+from recoverly.batch import batch_with_retry as batch_with_retry
 from recoverly.budget import RetryBudget as RetryBudget
 from recoverly.budget import RetryBudgetStatistics as RetryBudgetStatistics
 from recoverly.errors import CircuitBreakerError as CircuitBreakerError
@@ -24,12 +27,17 @@ from recoverly.retry import retry as retry
 from recoverly.retrying import Attempt as Attempt
 from recoverly.retrying import Retrying as Retrying
 from recoverly.retrying import retrying as retrying
+from recoverly.safe import asafe_execute as asafe_execute
+from recoverly.safe import safe_execute as safe_execute
+from recoverly.transaction import TransactionManager as TransactionManager
+from recoverly.transaction import TransactionStatistics as TransactionStatistics
 
 if _typing.TYPE_CHECKING:
     __version__: str
 
 __all__ = [
     "Attempt",
+    "BatchProgress",
     "CircuitBreakerError",
     "CircuitState",
     "RecoverlyError",
@@ -41,9 +49,15 @@ __all__ = [
     "RetryStrategy",
     "Retrying",
     "TimeoutExceeded",
+    "TransactionManager",
+    "TransactionStatistics",
+    "abatch_with_retry",
+    "asafe_execute",
+    "batch_with_retry",
     "events",
     "retry",
     "retrying",
+    "safe_execute",
 ]
 
 

@@ -13,6 +13,7 @@ __all__ = ["adapt_hook", "coerce_strategy", "combine", "retry_after_hint"]
 
 
 def coerce_strategy(p: Problems, value: object) -> RetryStrategy:
+    """Return a RetryStrategy for a member or its value string; record a problem otherwise."""
     if isinstance(value, RetryStrategy):
         return value
     if isinstance(value, str):
@@ -26,6 +27,7 @@ def coerce_strategy(p: Problems, value: object) -> RetryStrategy:
 
 
 def combine(matches: Predicate, giveup: Callable[[BaseException], bool] | None) -> Predicate:
+    """Combine the exception filter with the ``giveup`` predicate into one test."""
     if giveup is None:
         return matches
 

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 
 def call_sync(policy: Retry, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    """Run ``fn`` under ``policy``: first attempt, then the retry loop on a retryable failure."""
     started = policy._started()
     rejected: Any = None
     try:
@@ -47,6 +48,7 @@ def retry_sync(
     exc: BaseException | None,
     result: Any,
 ) -> T:
+    """Retry after a failed first attempt (``exc``, or a rejected ``result``) until done."""
     n, previous = 1, 0.0
     while True:
         decision = policy._next_delay(n, exc, started, previous)
@@ -71,6 +73,7 @@ def retry_sync(
 async def call_async(
     policy: Retry, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
 ) -> T:
+    """Async twin of :func:`call_sync`."""
     started = policy._started()
     rejected: Any = None
     try:
@@ -96,6 +99,7 @@ async def retry_async(
     exc: BaseException | None,
     result: Any,
 ) -> T:
+    """Async twin of :func:`retry_sync`."""
     n, previous = 1, 0.0
     while True:
         decision = policy._next_delay(n, exc, started, previous)
@@ -120,6 +124,7 @@ async def retry_async(
 def give_up(
     policy: Retry, label: str, n: int, exc: BaseException | None, reason: str, result: Any
 ) -> Any:
+    """Report giving up; raise the last exception or return the last rejected result."""
     if n > 1 or reason != "attempts":
         policy._finished(label, n, exc, reason)
     if exc is not None:

@@ -1,8 +1,6 @@
-"""safe_execute and batch_with_retry: keep going when single calls or single items fail.
+"""batch_with_retry: keep going when single items fail.
 
 ::
-
-    df = safe_execute(load_dataset, primary_path, default=None)   # None if it raised
 
     successful, failed = batch_with_retry(
         items=rows, process_func=transform_row, batch_size=100, max_retries=2
@@ -10,13 +8,11 @@
     for item, error in failed:
         log_failure(item, error)
 
-``safe_execute`` turns an exception into a default value and reports it (a
-:class:`~recoverly.events.FallbackUsed` event, logged at WARNING by the default
-subscriber). ``batch_with_retry`` retries each item with a
+``batch_with_retry`` retries each item with a
 :class:`~recoverly.Retry` policy and returns the results in input order plus
 the items that failed for good; every input item ends up in exactly one of the
 two lists. ``KeyboardInterrupt``, ``SystemExit`` and cancellation are never
-turned into defaults or failed items: they propagate.
+turned into failed items: they propagate.
 
 .. versionadded:: 0.1
 """
@@ -27,27 +23,21 @@ import asyncio
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 from recoverly._core.bus import BUS
 from recoverly._core.callables import check_callable, guess_name, is_async_callable
 from recoverly._core.clock import Clock, _in_asyncio
-from recoverly._core.predicates import ExceptionFilter, Predicate, compile_filter
+from recoverly._core.predicates import ExceptionFilter
 from recoverly._core.validate import Duration, Problems
-from recoverly.events import BatchItemFailed, FallbackUsed
+from recoverly.events import BatchItemFailed
 from recoverly.retry import Retry
 
-__all__ = [
-    "BatchProgress",
-    "abatch_with_retry",
-    "asafe_execute",
-    "batch_with_retry",
-    "safe_execute",
-]
+__all__ = ["BatchProgress", "abatch_with_retry", "batch_with_retry"]
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -56,182 +46,7 @@ ResultT = TypeVar("ResultT")
 
 _log = logging.getLogger("recoverly")
 _ANY: ExceptionFilter = (Exception,)
-_ANY_MATCH = compile_filter("exceptions", _ANY)
 _END = object()
-
-
-# ---------------------------------------------------------------- safe_execute
-def _matcher(exceptions: ExceptionFilter) -> Predicate:
-    return _ANY_MATCH if exceptions is _ANY else compile_filter("exceptions", exceptions)
-
-
-def _used_default(func: object, exc: BaseException) -> None:
-    if BUS.wants(FallbackUsed):
-        BUS.emit(FallbackUsed(guess_name(func), exc, "safe_execute"))
-
-
-@overload
-def safe_execute(
-    func: Callable[..., Coroutine[Any, Any, T]],
-    /,
-    *args: Any,
-    default: D,
-    exceptions: ExceptionFilter = ...,
-    **kwargs: Any,
-) -> Coroutine[Any, Any, T | D]: ...
-
-
-@overload
-def safe_execute(
-    func: Callable[..., Coroutine[Any, Any, T]],
-    /,
-    *args: Any,
-    exceptions: ExceptionFilter = ...,
-    **kwargs: Any,
-) -> Coroutine[Any, Any, T | None]: ...
-
-
-@overload
-def safe_execute(
-    func: Callable[..., T],
-    /,
-    *args: Any,
-    default: D,
-    exceptions: ExceptionFilter = ...,
-    **kwargs: Any,
-) -> T | D: ...
-
-
-@overload
-def safe_execute(
-    func: Callable[..., T], /, *args: Any, exceptions: ExceptionFilter = ..., **kwargs: Any
-) -> T | None: ...
-
-
-def safe_execute(
-    func: Callable[..., Any],
-    /,
-    *args: Any,
-    default: Any = None,
-    exceptions: ExceptionFilter = _ANY,
-    **kwargs: Any,
-) -> Any:
-    """Return ``func(*args, **kwargs)``, or ``default`` if it raises.
-
-    The failure is reported as a :class:`~recoverly.events.FallbackUsed` event
-    (``strategy="safe_execute"``), which the default subscriber logs at WARNING
-    with the function's name and the exception. It is never swallowed silently.
-
-    ``default`` and ``exceptions`` are keyword-only and reserved: they are never
-    passed on to ``func``. To pass arguments of those names, wrap the call in a
-    ``lambda`` or ``functools.partial``. ``default`` is returned as is (the same
-    object every time it is used).
-
-    If ``func`` returns a coroutine (it is ``async def``), ``safe_execute``
-    returns a coroutine that applies the same rule when awaited:
-    ``await safe_execute(fetch, url, default=None)``. :func:`asafe_execute` is
-    the same thing spelt explicitly.
-
-    Args:
-        func: The callable to run.
-        *args: Positional arguments for ``func``.
-        default: What to return when ``func`` raises a matching exception.
-        exceptions: Which exceptions become ``default``: a class, a tuple of
-            classes or a predicate. Others propagate. Default: ``Exception``.
-        **kwargs: Keyword arguments for ``func``.
-
-    Returns:
-        ``func``'s result, or ``default``.
-
-    Raises:
-        TypeError: ``exceptions`` is not a class, tuple of classes or callable.
-        BaseException: Whatever ``func`` raised when it does not match
-            ``exceptions`` (``KeyboardInterrupt``, ``SystemExit`` and
-            cancellation never match).
-
-    .. versionadded:: 0.1
-    """
-    matches = _matcher(exceptions)
-    try:
-        result = func(*args, **kwargs)
-    except Exception as exc:
-        if not matches(exc):
-            raise
-        _used_default(func, exc)
-        return default
-    if inspect.iscoroutine(result):
-        return _guarded(func, result, default, matches)
-    return result
-
-
-async def _guarded(func: object, aw: Awaitable[T], default: D, matches: Predicate) -> T | D:
-    try:
-        return await aw
-    except Exception as exc:
-        if not matches(exc):
-            raise
-        _used_default(func, exc)
-        return default
-
-
-@overload
-async def asafe_execute(
-    func: Callable[..., Awaitable[T]],
-    /,
-    *args: Any,
-    default: D,
-    exceptions: ExceptionFilter = ...,
-    **kwargs: Any,
-) -> T | D: ...
-
-
-@overload
-async def asafe_execute(
-    func: Callable[..., Awaitable[T]],
-    /,
-    *args: Any,
-    exceptions: ExceptionFilter = ...,
-    **kwargs: Any,
-) -> T | None: ...
-
-
-async def asafe_execute(
-    func: Callable[..., Awaitable[Any]],
-    /,
-    *args: Any,
-    default: Any = None,
-    exceptions: ExceptionFilter = _ANY,
-    **kwargs: Any,
-) -> Any:
-    """Await ``func(*args, **kwargs)``, or return ``default`` if it raises.
-
-    The async twin of :func:`safe_execute`, with the same reporting and the same
-    reserved keyword arguments. Cancellation always propagates.
-
-    Args:
-        func: An ``async def`` function (or anything returning an awaitable).
-        *args: Positional arguments for ``func``.
-        default: What to return when ``func`` raises a matching exception.
-        exceptions: Which exceptions become ``default`` (default ``Exception``).
-        **kwargs: Keyword arguments for ``func``.
-
-    Returns:
-        ``func``'s result, or ``default``.
-
-    Raises:
-        TypeError: ``exceptions`` is not a class, tuple of classes or callable.
-
-    .. versionadded:: 0.1
-    """
-    matches = _matcher(exceptions)
-    try:
-        aw = func(*args, **kwargs)
-    except Exception as exc:
-        if not matches(exc):
-            raise
-        _used_default(func, exc)
-        return default
-    return await _guarded(func, aw, default, matches)
 
 
 # ---------------------------------------------------------------- batch_with_retry
@@ -595,6 +410,6 @@ async def _all_at_once(workers: list[Callable[[], Awaitable[None]]]) -> None:
         raise
 
 
-for _obj in (BatchProgress, abatch_with_retry, asafe_execute, batch_with_retry, safe_execute):
+for _obj in (BatchProgress, abatch_with_retry, batch_with_retry):
     _obj.__module__ = "recoverly"
 del _obj
