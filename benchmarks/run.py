@@ -62,7 +62,7 @@ def _med(results: dict[str, Result], key: str) -> float:
     return results[key].median
 
 
-def evaluate(results: dict[str, Result], checks: dict[str, int]) -> list[Target]:
+def evaluate(results: dict[str, Result], checks: dict[str, float]) -> list[Target]:
     """Return every target with its measured value."""
     out: list[Target] = []
 
@@ -143,7 +143,7 @@ def evaluate(results: dict[str, Result], checks: dict[str, int]) -> list[Target]
         out.append(
             Target(
                 f"event checks on the {what} success path < 5 % of it",
-                f"{share * 100:.1f} % ({n} check(s) x {check_ns:.0f} ns / {_med(r, key):.0f} ns)",
+                f"{share * 100:.1f} % ({n:g} check(s) x {check_ns:.0f} ns / {_med(r, key):.0f} ns)",
                 share < 0.05,
             )
         )
@@ -312,9 +312,9 @@ def collect(notes: list[str]) -> list[Case]:
     return cases
 
 
-def bus_checks(cases: list[Case]) -> dict[str, int]:
+def bus_checks(cases: list[Case]) -> dict[str, float]:
     """Count BUS.wants checks per call for recoverly's success-path cases (untimed)."""
-    checks = {}
+    checks: dict[str, float] = {}
     for case in cases:
         if case.key in ("retry.ok.recoverly", "cb.ok.recoverly"):
             probe: Callable[[], object] = case.probe
