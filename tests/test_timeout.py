@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import traceback
+import types
 
 import anyio
 import pytest
@@ -21,7 +22,7 @@ from recoverly import TimeoutExceeded, retry
 from recoverly._core import deadlines
 from recoverly.events import TimedOut
 from recoverly.testing import ManualClock
-from recoverly.timeout import Timeout, TimeoutStatistics, timeout
+from recoverly.timeout import _OPEN, Timeout, TimeoutStatistics, timeout
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="Unix only")
 
@@ -258,6 +259,41 @@ def test_with_block_in_time_leaves_no_timer(own_alarm):
         pass
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
     assert signal.getsignal(signal.SIGALRM) is handler
+
+
+def _fake_frame(code, **local_vars):
+    return types.SimpleNamespace(f_code=code, f_locals=local_vars, f_back=None)
+
+
+def _open_scope(policy):
+    policy.__enter__()
+    return _OPEN.get()[-1][1]
+
+
+def test_deadline_landing_in_the_blocks_own_exit_is_reported_not_leaked():
+    """A deadline that fires as `__exit__` starts is noted and reported as a timeout."""
+    policy = timeout(5, name="edge")
+    scope = _open_scope(policy)
+    scope._on_alarm(signal.SIGALRM, _fake_frame(Timeout.__exit__.__code__, self=policy))
+    assert scope.fired
+    with pytest.raises(TimeoutExceeded, match="edge"):
+        policy.__exit__(None, None, None)
+
+
+def test_deadline_in_another_blocks_exit_still_interrupts():
+    """In code other than this block's exit, the deadline interrupts as usual."""
+    policy = timeout(5, name="mine")
+    scope = _open_scope(policy)
+    elsewhere = _fake_frame(Timeout.__exit__.__code__, scope=_SignalScopeStub())
+    with pytest.raises(BaseException) as info:
+        scope._on_alarm(signal.SIGALRM, elsewhere)
+    assert not isinstance(info.value, Exception)  # `except Exception` cannot catch it
+    with pytest.raises(TimeoutExceeded, match="mine"):
+        policy.__exit__(type(info.value), info.value, info.value.__traceback__)
+
+
+class _SignalScopeStub:
+    """Stands for a different scope found in an exiting frame."""
 
 
 # ---------------------------------------------------------------- sync, elsewhere

@@ -47,6 +47,8 @@ class FallbackStatistics:
         invoked: Alternatives called (a chain may call several per call).
         served: Calls answered by an alternative.
         failed: Calls whose alternatives all failed too.
+
+    .. versionadded:: 0.1
     """
 
     invoked: int
@@ -91,7 +93,7 @@ class _Alternative:
         try:
             mine = inspect.signature(cast("Callable[..., Any]", self.target))
             theirs = inspect.signature(primary)
-        except (TypeError, ValueError):  # pragma: no cover - checked in __init__
+        except (TypeError, ValueError):  # the primary has no readable signature
             return
         args: list[object] = []
         kwargs: dict[str, object] = {}

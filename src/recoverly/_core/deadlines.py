@@ -15,12 +15,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from types import TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 from recoverly._core.clock import SystemClock
 
-__all__ = ["AsyncScope", "Deadline", "SignalScope", "async_scope", "can_signal"]
+__all__ = ["AsyncScope", "Deadline", "SignalScope", "async_scope", "can_signal", "quiet"]
 
 Expired = Callable[[], BaseException]
 
@@ -63,6 +63,13 @@ class SignalScope:
     handler, and re-arms the previous timer for what is left of it (an expired
     one fires at once), so nesting works and an inner scope never extends an
     outer one.
+
+    The owner must catch :class:`Deadline` around ``open()``, the call and
+    ``close()`` together: the signal may land anywhere in between. A ``with``
+    block's ``__exit__`` cannot catch what is raised in itself, so it registers
+    with :func:`quiet`: our deadline landing there only sets ``fired``, and
+    ``__exit__`` reports it after ``close()``. An outer scope's deadline still
+    raises there, to be turned into a timeout by the outer block.
     """
 
     __slots__ = (
@@ -113,13 +120,28 @@ class SignalScope:
         if self.state == "active" and self.armed_for_us:
             self.fired = True
             self.state = "closed"
-            raise Deadline(self)
+            if not self._in_own_exit(frame):
+                raise Deadline(self)
+            return
         # The previous timer is due: give its owner the signal, then keep ours.
         now = _REAL.monotonic()
         self.outer_next = now + self.outer_interval if self.outer_interval else None
         if self.state == "active":
             self._arm(now)
         _deliver(self.previous, signum, frame)
+
+    def _in_own_exit(self, frame: FrameType | None) -> bool:
+        """Whether the signal landed in our owner's exit code (see :func:`quiet`)."""
+        if frame is None or signal.getsignal(signal.SIGALRM) != self._on_alarm:
+            return False  # handed to us by an inner scope: raise through it
+        if frame.f_code is SignalScope.close.__code__:
+            return frame.f_locals.get("self") is self
+        if frame.f_code in _HELPERS:
+            frame = frame.f_back
+        if frame is None or frame.f_code not in _EXITS:
+            return False
+        exiting = frame.f_locals.get("scope")
+        return exiting is None or exiting is self
 
     def close(self) -> None:
         """Disarm, restore the previous handler and timer; safe to call twice."""
@@ -129,6 +151,22 @@ class SignalScope:
         if self.outer_next is not None:
             left = max(self.outer_next - _REAL.monotonic(), _TICK)
             signal.setitimer(signal.ITIMER_REAL, left, self.outer_interval)
+
+
+_EXITS: set[CodeType] = set()
+_HELPERS: set[CodeType] = set()
+
+
+def quiet(exit_function: Callable[..., Any], *helpers: Callable[..., Any]) -> None:
+    """Register an owner's exit code, where a deadline must not raise.
+
+    A ``with`` block's ``__exit__`` cannot catch what is raised in itself. While
+    ``exit_function`` (whose local ``scope`` names the scope once known) or a
+    helper it calls runs, or ``SignalScope.close`` runs, our own deadline only
+    sets ``fired``; the exit function must check it after ``close()``.
+    """
+    _EXITS.add(exit_function.__code__)
+    _HELPERS.update(f.__code__ for f in helpers)
 
 
 def _deliver(handler: Any, signum: int, frame: Any) -> None:
