@@ -10,6 +10,7 @@ import logging
 import math
 import re
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -349,7 +350,8 @@ def _raise_key_error():
 @realtime
 def test_without_sigalrm_the_main_thread_uses_a_worker(monkeypatch):
     """Where SIGALRM cannot be used (Windows), the main thread uses a worker too."""
-    monkeypatch.setattr("recoverly.timeout.can_signal", lambda: False)
+    # By module object: the dotted path "recoverly.timeout" names the function.
+    monkeypatch.setattr(sys.modules["recoverly.timeout"], "can_signal", lambda: False)
     ran_in = []
 
     def where():

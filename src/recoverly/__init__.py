@@ -21,6 +21,9 @@ from recoverly.errors import CircuitState as CircuitState
 from recoverly.errors import RecoverlyError as RecoverlyError
 from recoverly.errors import RejectedError as RejectedError
 from recoverly.errors import TimeoutExceeded as TimeoutExceeded
+from recoverly.fallback import Fallback as Fallback
+from recoverly.fallback import FallbackStatistics as FallbackStatistics
+from recoverly.fallback import fallback as fallback
 from recoverly.retry import Retry as Retry
 from recoverly.retry import RetryStatistics as RetryStatistics
 from recoverly.retry import retry as retry
@@ -29,6 +32,9 @@ from recoverly.retrying import Retrying as Retrying
 from recoverly.retrying import retrying as retrying
 from recoverly.safe import asafe_execute as asafe_execute
 from recoverly.safe import safe_execute as safe_execute
+from recoverly.timeout import Timeout as Timeout
+from recoverly.timeout import TimeoutStatistics as TimeoutStatistics
+from recoverly.timeout import timeout as timeout
 from recoverly.transaction import TransactionManager as TransactionManager
 from recoverly.transaction import TransactionStatistics as TransactionStatistics
 
@@ -40,6 +46,8 @@ __all__ = [
     "BatchProgress",
     "CircuitBreakerError",
     "CircuitState",
+    "Fallback",
+    "FallbackStatistics",
     "RecoverlyError",
     "RejectedError",
     "Retry",
@@ -48,16 +56,20 @@ __all__ = [
     "RetryStatistics",
     "RetryStrategy",
     "Retrying",
+    "Timeout",
     "TimeoutExceeded",
+    "TimeoutStatistics",
     "TransactionManager",
     "TransactionStatistics",
     "abatch_with_retry",
     "asafe_execute",
     "batch_with_retry",
     "events",
+    "fallback",
     "retry",
     "retrying",
     "safe_execute",
+    "timeout",
 ]
 
 

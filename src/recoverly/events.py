@@ -146,7 +146,7 @@ class CallFailed(Event):
 # ---------------------------------------------------------------- others
 @dataclass(frozen=True, slots=True)
 class FallbackUsed(Event):
-    """The primary failed with ``exception`` and the fallback answered instead."""
+    """The primary failed with ``exception``; a fallback alternative is being used."""
 
     exception: BaseException
     strategy: str = "fallback"
