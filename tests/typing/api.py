@@ -11,7 +11,18 @@ from typing import Any
 
 from typing_extensions import assert_type
 
-from recoverly import Retry, RetryBudget, RetryStrategy, retry, retrying
+from recoverly import (
+    Retry,
+    RetryBudget,
+    RetryStrategy,
+    Timeout,
+    batch_with_retry,
+    fallback,
+    retry,
+    retrying,
+    safe_execute,
+    timeout,
+)
 
 
 @retry(max_attempts=3, delay=1.0, backoff=2.0, jitter=True)
@@ -54,3 +65,52 @@ async def use_async() -> None:
 policy: Retry = retry(max_attempts=5, delay=dt.timedelta(seconds=1), budget=RetryBudget())
 assert_type(policy.call(bare, 3), int)
 assert_type(policy.statistics().retries, int)
+
+
+@timeout(seconds=30)
+@retry(max_attempts=2)
+def slow(x: str) -> bytes:
+    """Timeout over retry keeps the signature."""
+    return x.encode()
+
+
+assert_type(slow("x"), bytes)
+slow(1)  # type: ignore[arg-type]
+
+
+@timeout
+def bare_timeout(n: int) -> int:
+    """Bare @timeout."""
+    return n
+
+
+assert_type(bare_timeout(1), int)
+
+
+@timeout(2.0)
+async def atimed(n: int) -> int:
+    """Async under timeout."""
+    return n
+
+
+pending_timed = assert_type(atimed(1), Coroutine[Any, Any, int])
+pending_timed.close()
+
+
+@fallback(lambda: b"")
+def with_default() -> bytes:
+    """Fallback keeps the return type."""
+    return b"x"
+
+
+assert_type(with_default(), bytes)
+
+
+def blocks() -> None:
+    """Context-manager forms give back their objects."""
+    with timeout(1.0) as t:
+        assert_type(t, Timeout)
+    results, failed = batch_with_retry([1, 2], str, batch_size=10, max_retries=1)
+    assert_type(results, list[str])
+    assert_type(failed, list[tuple[int, Exception]])
+    assert_type(safe_execute(int, "3", default=0), int)
