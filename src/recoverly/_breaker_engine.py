@@ -1,0 +1,206 @@
+"""The circuit breaker's engine: admission, rejection, outcomes, hooks and events.
+
+:class:`BreakerEngine` is the base of :class:`~recoverly.CircuitBreaker`: it
+turns the store's decisions into raised errors, fired hooks and emitted
+events, and holds the slow-path drivers shared by the decorator and
+``call``/``acall``. The hot-path wrappers and the public surface live in
+:mod:`recoverly.circuit_breaker`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from recoverly._breaker_support import KIND, announce, rejection_message
+from recoverly._core.bus import BUS
+from recoverly._core.clock import Clock, resolve
+from recoverly._core.predicates import Predicate
+from recoverly.errors import CircuitBreakerError, CircuitState
+from recoverly.events import CallFailed, CallRejected, CallSucceeded
+from recoverly.stores import BreakerConfig, BreakerStore, Transition
+
+__all__ = ["BreakerEngine"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger("recoverly")
+_OPEN, _HALF_OPEN, _CLOSED = CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED
+_FORCED_OPEN = CircuitState.FORCED_OPEN
+_new_error = CircuitBreakerError.__new__
+
+
+class BreakerEngine:
+    """Shared machinery of :class:`~recoverly.CircuitBreaker` (not public)."""
+
+    __slots__ = (
+        "_clock",
+        "_counts",
+        "_label",
+        "_last_rejection",
+        "_quiet",
+        "_rejected",
+        "_rejections",
+        "_routes",
+        "_store",
+        "config",
+        "on_close",
+        "on_half_open",
+        "on_open",
+    )
+
+    config: BreakerConfig
+    on_open: Callable[..., Any] | None
+    on_close: Callable[..., Any] | None
+    on_half_open: Callable[..., Any] | None
+    _clock: Clock | None
+    _counts: Predicate
+    _label: str
+
+    def _start_engine(self, store: BreakerStore) -> None:
+        """Set the engine's own state and bind ``store`` (settings already validated)."""
+        self._quiet: object = None
+        self._routes: object = None
+        self._rejections = False
+        self._rejected = itertools.count()  # next() is atomic: exact without a lock
+        self._last_rejection: tuple[CircuitState, int, str, str] = (_OPEN, -2, "", "")
+        self._store = store
+        store.bind(self.config, self._clock)
+
+    def _listen(self) -> bool:
+        """Check who listens for per-call events; return whether calls must be timed.
+
+        The bus replaces its ``routes`` dict whenever subscriptions change, so
+        remembering that dict lets the hot paths know, by one identity check,
+        that nothing changed since.
+        """
+        routes = BUS.routes
+        calls = BUS.wants(CallSucceeded) or BUS.wants(CallFailed)
+        self._rejections = BUS.wants(CallRejected)
+        if BUS.routes is routes:
+            self._routes = routes
+            self._quiet = None if calls else routes
+        return calls
+
+    def _admit(self) -> tuple[int, float | None]:
+        permit, state, retry_after, changes = self._store.acquire()
+        if permit < 0:
+            raise self._rejection(state, retry_after, changes)
+        return permit, self._begin(changes)
+
+    def _begin(self, changes: tuple[Transition, ...]) -> float | None:
+        """Fire state changes made by an admission; return the start time if calls are timed."""
+        if changes:
+            self._fire(changes)
+        timed = self._listen() or self.config.measures
+        return resolve(self._clock).monotonic() if timed else None
+
+    def _rejection(
+        self, state: CircuitState, retry_after: float | None, changes: tuple[Transition, ...]
+    ) -> CircuitBreakerError:
+        """Build the error for a rejected call (the OPEN path: keep it lean)."""
+        if changes:
+            self._fire(changes)
+        label = self._label
+        next(self._rejected)
+        if BUS.routes is not self._routes:
+            self._listen()
+        if self._rejections:
+            BUS.emit(CallRejected(label, KIND, state, retry_after))
+        # Reuse the message while retry_after stays in the same tenth of a second,
+        # and skip the keyword __init__, which costs more than the rest together.
+        tenths = -1 if retry_after is None else int(retry_after * 10.0)
+        last = self._last_rejection
+        if last[1] != tenths or last[0] is not state or last[2] is not label:
+            last = (state, tenths, label, rejection_message(label, state, tenths / 10.0))
+            self._last_rejection = last
+        exc = _new_error(CircuitBreakerError, last[3])
+        exc.__dict__ = {"name": label, "state": state, "retry_after": retry_after}
+        return exc
+
+    def _reject_early(self) -> None:
+        """Raise at once if the store's hint says the breaker is still OPEN (no lock)."""
+        until = self._store.reject_until
+        if until == math.inf:
+            raise self._rejection(_FORCED_OPEN, None, ())
+        left = until - resolve(self._clock).monotonic()
+        if left > 0:
+            raise self._rejection(_OPEN, left, ())
+
+    def _elapsed(self, started: float | None) -> float:
+        return 0.0 if started is None else resolve(self._clock).monotonic() - started
+
+    def _succeeded(self, permit: int, started: float | None) -> None:
+        duration = self._elapsed(started)
+        store = self._store
+        if permit != store.fast:
+            changes = store.on_success(permit, duration)
+            if changes:
+                self._fire(changes)
+        if started is not None and BUS.wants(CallSucceeded):
+            BUS.emit(CallSucceeded(self._label, KIND, duration))
+
+    def _failed(self, permit: int, started: float | None, exc: BaseException) -> None:
+        duration = self._elapsed(started)
+        counted = self._counts(exc)
+        if counted:
+            changes = self._store.on_failure(permit, duration)
+            if changes:
+                self._fire(changes)
+        else:
+            self._store.release(permit)
+        if started is not None and BUS.wants(CallFailed):
+            BUS.emit(CallFailed(self._label, KIND, exc, duration, counted))
+
+    def _fire(self, changes: tuple[Transition, ...]) -> None:
+        """Emit events and run hooks for state changes (no lock is held here)."""
+        for change in changes:
+            announce(self._label, change)
+            hook = None
+            if change.state is _OPEN:
+                hook = self.on_open
+            elif change.state is _HALF_OPEN:
+                hook = self.on_half_open
+            elif change.state is _CLOSED:
+                hook = self.on_close
+            if hook is not None:
+                try:
+                    hook(self)
+                except Exception:
+                    _log.exception("%s hook of circuit breaker %s failed", hook, self._label)
+
+    # ------------------------------------------------------------ drivers
+    def _call_sync(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        permit, state, retry_after, changes = self._store.acquire()
+        if permit < 0:
+            raise self._rejection(state, retry_after, changes)
+        started = self._begin(changes)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._failed(permit, started, exc)
+            raise
+        self._succeeded(permit, started)
+        return result
+
+    async def _call_async(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        permit, state, retry_after, changes = self._store.acquire()
+        if permit < 0:
+            raise self._rejection(state, retry_after, changes)
+        started = self._begin(changes)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._failed(permit, started, exc)
+            raise
+        self._succeeded(permit, started)
+        return result
+
+    def _fast_failure(self, permit: int, exc: BaseException) -> None:
+        if self._counts(exc):
+            changes = self._store.on_failure(permit, 0.0)
+            if changes:
+                self._fire(changes)

@@ -1,0 +1,43 @@
+"""Named strategy instances, for health endpoints and tests.
+
+A :class:`~recoverly.CircuitBreaker` created with ``name=`` is listed here for
+as long as it is alive::
+
+    payments = CircuitBreaker(name="payments")
+
+    @app.get("/health")
+    def health():
+        return {name: b.state.name for name, b in recoverly.registry.breakers().items()}
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from recoverly._core.registry import REGISTRY
+from recoverly.circuit_breaker import KIND, CircuitBreaker
+
+__all__ = ["breakers", "reset"]
+
+
+def breakers() -> dict[str, CircuitBreaker]:
+    """Return the live named circuit breakers, ``{name: breaker}``, sorted by name.
+
+    The dictionary is a snapshot: changing it changes nothing.
+
+    Returns:
+        A new dictionary of the named breakers that are still alive.
+
+    .. versionadded:: 0.1
+    """
+    return REGISTRY.live(KIND)
+
+
+def reset() -> None:
+    """Forget every registered instance (the instances themselves keep working).
+
+    Meant for tests, so that names used by one test do not clash with the next.
+
+    .. versionadded:: 0.1
+    """
+    REGISTRY.clear()
