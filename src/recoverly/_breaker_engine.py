@@ -31,6 +31,7 @@ _log = logging.getLogger("recoverly")
 _OPEN, _HALF_OPEN, _CLOSED = CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _new_error = CircuitBreakerError.__new__
+_PER_CALL = (CallSucceeded, CallFailed, CallRejected)
 
 
 class BreakerEngine:
@@ -69,20 +70,29 @@ class BreakerEngine:
         self._last_rejection: tuple[CircuitState, int, str, str] = (_OPEN, -2, "", "")
         self._store = store
         store.bind(self.config, self._clock)
+        self._listen()
 
     def _listen(self) -> bool:
         """Check who listens for per-call events; return whether calls must be timed.
 
         The bus replaces its ``routes`` dict whenever subscriptions change, so
         remembering that dict lets the hot paths know, by one identity check,
-        that nothing changed since.
+        that nothing changed since. The answers are read from that same dict
+        (routing the kinds first if needed), so they can never be older than it.
         """
-        routes = BUS.routes
-        calls = BUS.wants(CallSucceeded) or BUS.wants(CallFailed)
-        self._rejections = BUS.wants(CallRejected)
-        if BUS.routes is routes:
-            self._routes = routes
-            self._quiet = None if calls else routes
+        while True:
+            routes = BUS.routes
+            succeeded = routes.get(CallSucceeded)
+            failed = routes.get(CallFailed)
+            rejected = routes.get(CallRejected)
+            if succeeded is not None and failed is not None and rejected is not None:
+                break
+            for kind in _PER_CALL:
+                BUS.wants(kind)
+        calls = bool(succeeded) or bool(failed)
+        self._rejections = bool(rejected)
+        self._routes = routes
+        self._quiet = None if calls else routes
         return calls
 
     def _admit(self) -> tuple[int, float | None]:
@@ -112,7 +122,7 @@ class BreakerEngine:
             BUS.emit(CallRejected(label, KIND, state, retry_after))
         # Reuse the message while retry_after stays in the same tenth of a second,
         # and skip the keyword __init__, which costs more than the rest together.
-        tenths = -1 if retry_after is None else int(retry_after * 10.0)
+        tenths = -1 if retry_after is None else int(retry_after * 10.0 + 0.5)
         last = self._last_rejection
         if last[1] != tenths or last[0] is not state or last[2] is not label:
             last = (state, tenths, label, rejection_message(label, state, tenths / 10.0))

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from recoverly._core.clock import MAX_SLEEP
 from recoverly._core.windows import CountWindow, TimeWindow, Window
 from recoverly.errors import CircuitState
 
@@ -87,13 +88,18 @@ class BreakerConfig:
         )
 
     def open_duration(self, trips: int) -> float:
-        """Seconds to stay OPEN after the ``trips``-th consecutive trip (1-based)."""
-        base = self.recovery_timeout
-        if self.recovery_backoff == 1.0 or trips <= 1:
-            duration = base
-        else:
-            exponent = (trips - 1) * math.log(self.recovery_backoff)
-            duration = base * math.exp(min(exponent, 700.0))
+        """Seconds to stay OPEN after the ``trips``-th consecutive trip (1-based).
+
+        Grows by ``recovery_backoff`` per trip, up to ``max_recovery_timeout``,
+        and saturates at ``MAX_SLEEP`` instead of overflowing.
+        """
+        duration = self.recovery_timeout
+        exponent = trips - 1
+        if self.recovery_backoff > 1.0 and exponent > 0:
+            if exponent * math.log(self.recovery_backoff) > _MAX_EXPONENT:
+                duration = MAX_SLEEP
+            else:
+                duration = min(duration * self.recovery_backoff**exponent, MAX_SLEEP)
         cap = self.max_recovery_timeout
         return duration if cap is None or duration < cap else cap
 
@@ -132,6 +138,7 @@ class Transition:
 Admission = tuple[int, CircuitState, float | None, tuple[Transition, ...]]
 
 _NONE: tuple[Transition, ...] = ()
+_MAX_EXPONENT = math.log(MAX_SLEEP)
 
 
 class BreakerCore:

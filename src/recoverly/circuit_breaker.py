@@ -143,7 +143,7 @@ class CircuitBreaker(BreakerEngine):
             minimum_calls=minimum_calls,
             recovery_backoff=recovery_backoff,
             max_recovery_timeout=max_recovery_timeout,
-            stacklevel=3,
+            stacklevel=2,
         )
         self.on_open = p.optional_callable("on_open", on_open)
         self.on_close = p.optional_callable("on_close", on_close)
