@@ -705,3 +705,30 @@ def test_a_name_held_by_a_live_breaker_warns_and_is_taken_over():
     assert rec[0].filename == __file__
     assert registry.breakers() == {"dup": second}
     assert first.name == "dup"
+
+
+def test_a_success_finishing_after_a_concurrent_failure_clears_the_count(clock):
+    """A lock-free CLOSED call that sees a failure recorded meanwhile reports its success."""
+    breaker = CircuitBreaker(failure_threshold=3, clock=clock)
+
+    @breaker
+    def inner() -> None:
+        raise Down
+
+    @breaker
+    def outer() -> str:
+        with pytest.raises(Down):
+            inner()
+        assert breaker.failure_count == 1
+        return "ok"
+
+    @breaker
+    async def aouter() -> str:
+        with pytest.raises(Down):
+            inner()
+        return "ok"
+
+    assert outer() == "ok"
+    assert breaker.failure_count == 0
+    assert asyncio.run(aouter()) == "ok"
+    assert breaker.failure_count == 0

@@ -31,6 +31,7 @@ _log = logging.getLogger("recoverly")
 _OPEN, _HALF_OPEN, _CLOSED = CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _new_error = CircuitBreakerError.__new__
+_INF = math.inf
 _PER_CALL = (CallSucceeded, CallFailed, CallRejected)
 
 
@@ -131,14 +132,13 @@ class BreakerEngine:
         exc.__dict__ = {"name": label, "state": state, "retry_after": retry_after}
         return exc
 
-    def _reject_early(self) -> None:
-        """Raise at once if the store's hint says the breaker is still OPEN (no lock)."""
+    def _early_rejection(self) -> CircuitBreakerError | None:
+        """Return the error if the store's hint says the breaker is still OPEN (no lock)."""
         until = self._store.reject_until
-        if until == math.inf:
-            raise self._rejection(_FORCED_OPEN, None, ())
+        if until == _INF:
+            return self._rejection(_FORCED_OPEN, None, ())
         left = until - resolve(self._clock).monotonic()
-        if left > 0:
-            raise self._rejection(_OPEN, left, ())
+        return self._rejection(_OPEN, left, ()) if left > 0 else None
 
     def _elapsed(self, started: float | None) -> float:
         return 0.0 if started is None else resolve(self._clock).monotonic() - started

@@ -199,7 +199,9 @@ class CircuitBreaker(BreakerEngine):
             gen = store.fast
             if gen < 0 or bus.routes is not me._quiet:
                 if store.reject_until != NOT_OPEN:
-                    me._reject_early()
+                    error = me._early_rejection()
+                    if error is not None:
+                        raise error
                 return slow(fn, args, kwargs)
             try:
                 result = fn(*args, **kwargs)
@@ -221,7 +223,9 @@ class CircuitBreaker(BreakerEngine):
             gen = store.fast
             if gen < 0 or bus.routes is not me._quiet:
                 if store.reject_until != NOT_OPEN:
-                    me._reject_early()
+                    error = me._early_rejection()
+                    if error is not None:
+                        raise error
                 return await slow(fn, args, kwargs)
             try:
                 result = await fn(*args, **kwargs)
