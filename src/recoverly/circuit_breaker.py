@@ -68,6 +68,10 @@ class CircuitBreaker(BreakerEngine):
     about the dependency's health). ``KeyboardInterrupt``, ``SystemExit`` and
     cancellation never count, and a cancelled probe gives its slot back.
 
+    One breaker may be shared by any number of threads and tasks. The protected
+    call never runs under a lock: the store's lock is held only to admit a call
+    and to record its outcome, and hooks and events run after it is released.
+
     Args:
         failure_threshold: Consecutive counted failures that open the breaker;
             ``None`` turns this rule off (use a rate rule then).

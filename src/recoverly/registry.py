@@ -45,3 +45,7 @@ def reset() -> None:
     """
     for breaker in REGISTRY.live(KIND).values():
         breaker.reset()
+
+
+# Re-exported as ``recoverly.breakers``; ``reset`` stays here (tests reach for it by module).
+breakers.__module__ = "recoverly"
