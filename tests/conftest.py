@@ -7,16 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from recoverly import events as ev
+from recoverly import registry
 from recoverly._core.bus import BUS
 from recoverly.testing import ManualClock, instant
 
 
 @pytest.fixture(autouse=True)
 def _isolate_global_state() -> Iterator[None]:
-    """Restore the event bus subscribers and the default clock after each test."""
+    """Restore the event bus, the default clock and the breaker registry after each test."""
     before = BUS._subs
     with instant(ManualClock()):
         yield
+    registry.reset()
     with BUS._lock:
         BUS._subs = before
         BUS._rebuild()

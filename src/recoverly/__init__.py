@@ -10,12 +10,15 @@ training, Celery, Redis and metrics integrations are optional extras.
 import typing as _typing
 
 from recoverly import events as events
+from recoverly import registry as registry
 from recoverly.backoff import RetryStrategy as RetryStrategy
 from recoverly.batch import BatchProgress as BatchProgress
 from recoverly.batch import abatch_with_retry as abatch_with_retry
 from recoverly.batch import batch_with_retry as batch_with_retry
 from recoverly.budget import RetryBudget as RetryBudget
 from recoverly.budget import RetryBudgetStatistics as RetryBudgetStatistics
+from recoverly.circuit_breaker import CircuitBreaker as CircuitBreaker
+from recoverly.circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from recoverly.errors import CircuitBreakerError as CircuitBreakerError
 from recoverly.errors import CircuitState as CircuitState
 from recoverly.errors import RecoverlyError as RecoverlyError
@@ -24,6 +27,7 @@ from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
 from recoverly.fallback import fallback as fallback
+from recoverly.registry import breakers as breakers
 from recoverly.retry import Retry as Retry
 from recoverly.retry import RetryStatistics as RetryStatistics
 from recoverly.retry import retry as retry
@@ -44,7 +48,9 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "BatchProgress",
+    "CircuitBreaker",
     "CircuitBreakerError",
+    "CircuitBreakerStatistics",
     "CircuitState",
     "Fallback",
     "FallbackStatistics",
@@ -64,8 +70,10 @@ __all__ = [
     "abatch_with_retry",
     "asafe_execute",
     "batch_with_retry",
+    "breakers",
     "events",
     "fallback",
+    "registry",
     "retry",
     "retrying",
     "safe_execute",
