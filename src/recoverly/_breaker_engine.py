@@ -15,9 +15,9 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from recoverly._breaker_support import KIND, announce, rejection_message
+from recoverly._breaker_support import KIND, announce
 from recoverly._core.bus import BUS
-from recoverly._core.clock import Clock, resolve
+from recoverly._core.clock import DEFAULT_CLOCK, Clock, resolve
 from recoverly._core.predicates import Predicate
 from recoverly.errors import CircuitBreakerError, CircuitState
 from recoverly.events import CallFailed, CallRejected, CallSucceeded
@@ -42,7 +42,6 @@ class BreakerEngine:
         "_clock",
         "_counts",
         "_label",
-        "_last_rejection",
         "_quiet",
         "_rejected",
         "_rejections",
@@ -68,7 +67,6 @@ class BreakerEngine:
         self._routes: object = None
         self._rejections = False
         self._rejected = itertools.count()  # next() is atomic: exact without a lock
-        self._last_rejection: tuple[CircuitState, int, str, str] = (_OPEN, -2, "", "")
         self._store = store
         store.bind(self.config, self._clock)
         self._listen()
@@ -121,24 +119,31 @@ class BreakerEngine:
             self._listen()
         if self._rejections:
             BUS.emit(CallRejected(label, KIND, state, retry_after))
-        # Reuse the message while retry_after stays in the same tenth of a second,
-        # and skip the keyword __init__, which costs more than the rest together.
-        tenths = -1 if retry_after is None else int(retry_after * 10.0 + 0.5)
-        last = self._last_rejection
-        if last[1] != tenths or last[0] is not state or last[2] is not label:
-            last = (state, tenths, label, rejection_message(label, state, tenths / 10.0))
-            self._last_rejection = last
-        exc = _new_error(CircuitBreakerError, last[3])
-        exc.__dict__ = {"name": label, "state": state, "retry_after": retry_after}
-        return exc
+        # Built without __init__ and worded only if someone reads str(exc): the
+        # OPEN path stays cheap.
+        return _new_error(CircuitBreakerError, None, label, state, retry_after)
 
     def _early_rejection(self) -> CircuitBreakerError | None:
-        """Return the error if the store's hint says the breaker is still OPEN (no lock)."""
+        """Return the error if the store's hint says the breaker is still OPEN (no lock).
+
+        This is the whole OPEN path, in one frame on purpose: it runs for every
+        call an outage rejects.
+        """
         until = self._store.reject_until
         if until == _INF:
-            return self._rejection(_FORCED_OPEN, None, ())
-        left = until - resolve(self._clock).monotonic()
-        return self._rejection(_OPEN, left, ()) if left > 0 else None
+            state, left = _FORCED_OPEN, None
+        else:
+            clock = self._clock
+            left = until - (DEFAULT_CLOCK[0] if clock is None else clock).monotonic()
+            if left <= 0:
+                return None
+            state = _OPEN
+        next(self._rejected)
+        if BUS.routes is not self._routes:
+            self._listen()
+        if self._rejections:
+            BUS.emit(CallRejected(self._label, KIND, state, left))
+        return _new_error(CircuitBreakerError, None, self._label, state, left)
 
     def _elapsed(self, started: float | None) -> float:
         return 0.0 if started is None else resolve(self._clock).monotonic() - started

@@ -27,7 +27,6 @@ __all__ = [
     "describe",
     "pop_block",
     "push_block",
-    "rejection_message",
     "statistics_of",
 ]
 
@@ -95,17 +94,6 @@ def pop_block(breaker: object) -> tuple[int, float | None]:
             return stack[i][1], stack[i][2]
     msg = "CircuitBreaker.__exit__ without a matching __enter__ in this thread or task"
     raise RuntimeError(msg)
-
-
-def rejection_message(label: str, state: CircuitState, retry_after: float) -> str:
-    """Return ``"Circuit breaker is OPEN for 'label'; next probe in 12.3 s"`` (or why, not when)."""
-    if state is OPEN:
-        detail = f"; next probe in {retry_after:.1f} s"
-    elif state is HALF_OPEN:
-        detail = " (HALF_OPEN: every probe slot is taken)"
-    else:
-        detail = " (forced open until reset())"
-    return f"Circuit breaker is OPEN for {label!r}{detail}"
 
 
 # ---------------------------------------------------------------- configuration

@@ -67,6 +67,10 @@ def _rebuild(cls: type[RecoverlyError], args: tuple[Any, ...], attrs: dict[str, 
 class RejectedError(RecoverlyError):
     """A strategy refused to run the call.
 
+    The data is kept in ``args`` as ``(message, name, state, retry_after)``, so a
+    rejection is cheap to build; the message may be ``None`` and is then worded
+    by ``str()`` from the other fields.
+
     Attributes:
         name: The name of the strategy instance that refused.
         state: The state it was in (a string or an enum member).
@@ -77,26 +81,62 @@ class RejectedError(RecoverlyError):
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         name: str | None = None,
         state: object = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
+        super().__init__(message, name, state, retry_after)
+
+    def _field(self, index: int) -> Any:
+        args = self.args
+        return args[index] if len(args) > index else None
+
+    @property
+    def name(self) -> str | None:
+        """The name of the strategy instance that refused."""
+        return self._field(1)  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> object:
+        """The state the strategy was in."""
+        return self._field(2)
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a call may be admitted again, or ``None``."""
+        return self._field(3)  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        message = self._field(0)
+        return self._describe() if message is None else str(message)
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}: {self.name!r} rejected the call ({self.state})"
 
 
 class CircuitBreakerError(RejectedError):
     """The circuit breaker rejected the call without running it.
 
-    The message reads ``"Circuit breaker is OPEN ..."`` and names the breaker;
+    The message reads ``"Circuit breaker is OPEN for 'payments'; next probe in
+    12.3 s"`` (HALF_OPEN and FORCED_OPEN rejections say why instead of when);
     ``retry_after`` is the number of seconds until a probe will be let through.
 
     .. versionadded:: 0.1
     """
+
+    def _describe(self) -> str:
+        state, retry_after = self.state, self.retry_after
+        if state is CircuitState.HALF_OPEN:
+            detail = " (HALF_OPEN: every probe slot is taken)"
+        elif state is CircuitState.FORCED_OPEN:
+            detail = " (forced open until reset())"
+        elif retry_after is not None:
+            detail = f"; next probe in {retry_after:.1f} s"
+        else:
+            detail = ""
+        return f"Circuit breaker is OPEN for {self.name!r}{detail}"
 
 
 class TimeoutExceeded(RejectedError, TimeoutError):

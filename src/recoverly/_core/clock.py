@@ -13,7 +13,15 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["MAX_SLEEP", "Clock", "SystemClock", "default_clock", "resolve", "set_default_clock"]
+__all__ = [
+    "DEFAULT_CLOCK",
+    "MAX_SLEEP",
+    "Clock",
+    "SystemClock",
+    "default_clock",
+    "resolve",
+    "set_default_clock",
+]
 
 #: The longest single sleep the standard library accepts (``threading.TIMEOUT_MAX``).
 #: Computed delays saturate here instead of overflowing.
@@ -54,13 +62,12 @@ class SystemClock:
 
     __slots__ = ()
 
-    def monotonic(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
-
-    def wall(self) -> float:
-        """Return ``time.time()``."""
-        return time.time()
+    # The C functions themselves, not Python methods wrapping them: reading the
+    # clock is on the hot paths (breaker rejections, deadlines).
+    monotonic = staticmethod(time.monotonic)
+    """Return ``time.monotonic()``."""
+    wall = staticmethod(time.time)
+    """Return ``time.time()``."""
 
     def sleep(self, seconds: float) -> None:
         """Sleep with ``time.sleep``; zero or negative returns at once."""
@@ -91,21 +98,23 @@ def _in_asyncio() -> bool:
     return True
 
 
-_default: list[Clock] = [SystemClock()]
+#: One-element holder of the process-wide default clock. Hot paths index it
+#: directly instead of calling :func:`resolve`.
+DEFAULT_CLOCK: list[Clock] = [SystemClock()]
 
 
 def default_clock() -> Clock:
     """Return the process-wide default clock."""
-    return _default[0]
+    return DEFAULT_CLOCK[0]
 
 
 def set_default_clock(clock: Clock) -> Clock:
     """Install ``clock`` as the process-wide default and return the previous one."""
-    previous = _default[0]
-    _default[0] = clock
+    previous = DEFAULT_CLOCK[0]
+    DEFAULT_CLOCK[0] = clock
     return previous
 
 
 def resolve(clock: Clock | None) -> Clock:
     """Return ``clock``, or the current default when it is ``None``."""
-    return _default[0] if clock is None else clock
+    return DEFAULT_CLOCK[0] if clock is None else clock
