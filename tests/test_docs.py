@@ -11,6 +11,7 @@ the check registered for its id below asserts on the outcome.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import pickle
@@ -416,8 +417,15 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
 
 
 @check("quick-reference/celery-task")
-def _(ns: dict[str, Any], env: DocEnv) -> None:  # pragma: no cover - needs celery
-    assert ns["task"].apply().get() is None
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    task = ns["task"]
+    result = task.apply()
+    assert result.successful()
+    assert result.get() is None
+    assert task.max_retries == 3
+    assert task.name.endswith(".task")
+    assert task.run.__name__ == "task"  # retry's wrapper kept the function's identity
+    assert inspect.isfunction(task.run.__wrapped__)
 
 
 @check("quick-reference/batch")
