@@ -31,7 +31,7 @@ from recoverly._breaker_support import (
     statistics_of,
 )
 from recoverly._core.bus import BUS
-from recoverly._core.callables import Kind, guess_name, kind_of
+from recoverly._core.callables import Kind, decoratable_kind, guess_name
 from recoverly._core.clock import Clock
 from recoverly._core.predicates import Predicate, compile_filter
 from recoverly._core.registry import REGISTRY
@@ -178,13 +178,7 @@ class CircuitBreaker(BreakerEngine):
         Raises:
             TypeError: ``fn`` is a generator or async generator function.
         """
-        kind = kind_of(fn)
-        if kind in (Kind.GENERATOR, Kind.ASYNC_GENERATOR):
-            msg = (
-                f"CircuitBreaker cannot wrap the {kind.value} function {guess_name(fn)}: "
-                "decorate the function that consumes it instead"
-            )
-            raise TypeError(msg)
+        kind = decoratable_kind("CircuitBreaker", fn)
         if self.name is None and self._label == "CircuitBreaker":
             self._label = guess_name(fn)
         if kind is Kind.ASYNC:

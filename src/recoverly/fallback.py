@@ -17,7 +17,6 @@ error propagates with the original as its ``__context__``.
 from __future__ import annotations
 
 import enum
-import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, final
 
 from recoverly._core.bus import BUS
-from recoverly._core.callables import Kind, guess_name, is_async_callable, kind_of
+from recoverly._core.callables import Kind, decoratable_kind, guess_name, is_async_callable, wrap
 from recoverly._core.predicates import Predicate, compile_filter, describe_filter
 from recoverly._core.validate import Problems
 from recoverly.events import FallbackUsed
@@ -258,36 +257,14 @@ class Fallback:
                 alternative is async, or an alternative cannot take ``fn``'s
                 arguments.
         """
-        kind = kind_of(fn)
-        if kind in (Kind.GENERATOR, Kind.ASYNC_GENERATOR):
-            msg = (
-                f"fallback cannot wrap the {kind.value} function {guess_name(fn)}: "
-                "decorate the function that consumes it instead"
-            )
-            raise TypeError(msg)
+        kind = decoratable_kind("fallback", fn)
         if kind is Kind.SYNC:
             self._check_sync_primary(fn)
         for alt in self._alternatives:
             alt.check_against(fn)
         label = self.name or guess_name(fn)
 
-        if kind is Kind.ASYNC:
-            afn = cast("Callable[..., Awaitable[Any]]", fn)
-            call_async = self._call_async
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await call_async(label, afn, args, kwargs)
-
-            return cast("Callable[P, T]", async_wrapper)
-
-        call_sync = self._call_sync
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return call_sync(label, fn, args, kwargs)
-
-        return cast("Callable[P, T]", sync_wrapper)
+        return cast("Callable[P, T]", wrap(fn, kind, label, self._call_sync, self._call_async))
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)``, falling back on failure (sync callables only).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from recoverly._core.bus import BUS
-from recoverly._core.callables import Kind, guess_name, kind_of
+from recoverly._core.callables import Kind, decoratable_kind, guess_name, wrap
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.predicates import Predicate, compile_filter, describe_filter
 from recoverly._core.validate import Duration, Problems
@@ -217,28 +217,19 @@ class Retry:
         return None if self.deadline is None else resolve(self._clock).monotonic()
 
     # ------------------------------------------------------------ public API
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:  # noqa: C901 - one wrapper per kind
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate ``fn``; the wrapper has the same kind and signature."""
-        kind = kind_of(fn)
-        if kind in (Kind.GENERATOR, Kind.ASYNC_GENERATOR):
-            msg = (
-                f"retry cannot wrap the {kind.value} function {guess_name(fn)}: "
-                "decorate the function that consumes it instead"
-            )
-            raise TypeError(msg)
+        kind = decoratable_kind("retry", fn)
         label = self.name or guess_name(fn)
-        fast = self.budget is None and self.deadline is None and self.retry_on_result is None
+        if self.budget is not None or self.deadline is not None or self.retry_on_result:
+            # These need work before the first attempt or after every result.
+            drivers = functools.partial(call_sync, self), functools.partial(call_async, self)
+            return cast("Callable[P, T]", wrap(fn, kind, label, *drivers))
+        # The fast wrappers run the first attempt inline: nothing but a `try`.
         retryable = self._retryable
 
         if kind is Kind.ASYNC:
             afn = cast("Callable[..., Awaitable[Any]]", fn)
-            if not fast:
-
-                @functools.wraps(fn)
-                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return await call_async(self, label, afn, args, kwargs)
-
-                return cast("Callable[P, T]", async_wrapper)
 
             @functools.wraps(fn)
             async def fast_async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -251,14 +242,6 @@ class Retry:
                 return await retry_async(self, label, afn, args, kwargs, None, failure, None)
 
             return cast("Callable[P, T]", fast_async_wrapper)
-
-        if not fast:
-
-            @functools.wraps(fn)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return call_sync(self, label, fn, args, kwargs)
-
-            return cast("Callable[P, T]", sync_wrapper)
 
         @functools.wraps(fn)
         def fast_wrapper(*args: Any, **kwargs: Any) -> Any:

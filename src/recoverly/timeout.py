@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, final, overload
 
 from recoverly._core.bus import BUS
-from recoverly._core.callables import Kind, guess_name, kind_of
+from recoverly._core.callables import decoratable_kind, guess_name, wrap
 from recoverly._core.clock import MAX_SLEEP, Clock, resolve
 from recoverly._core.deadlines import (
     AsyncScope,
@@ -180,31 +180,9 @@ class Timeout:
     # ------------------------------------------------------------ public API
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate ``fn``; the wrapper has the same kind and signature."""
-        kind = kind_of(fn)
-        if kind in (Kind.GENERATOR, Kind.ASYNC_GENERATOR):
-            msg = (
-                f"timeout cannot wrap the {kind.value} function {guess_name(fn)}: "
-                "decorate the function that consumes it instead"
-            )
-            raise TypeError(msg)
+        kind = decoratable_kind("timeout", fn)
         label = self._label(fn)
-        if kind is Kind.ASYNC:
-            afn = cast("Callable[..., Awaitable[Any]]", fn)
-            call_async = self._call_async
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await call_async(label, afn, args, kwargs)
-
-            return cast("Callable[P, T]", async_wrapper)
-
-        call_sync = self._call_sync
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return call_sync(label, fn, args, kwargs)
-
-        return cast("Callable[P, T]", sync_wrapper)
+        return cast("Callable[P, T]", wrap(fn, kind, label, self._call_sync, self._call_async))
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` with this timeout (sync callables only).

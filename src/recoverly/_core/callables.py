@@ -5,10 +5,18 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Kind", "guess_name", "is_async_callable", "kind_of"]
+__all__ = [
+    "Kind",
+    "check_callable",
+    "decoratable_kind",
+    "guess_name",
+    "is_async_callable",
+    "kind_of",
+    "wrap",
+]
 
 
 class Kind(enum.Enum):
@@ -74,3 +82,48 @@ def check_callable(name: str, fn: object) -> Callable[..., Any]:
         msg = f"{name} must be callable, got {fn!r}"
         raise TypeError(msg)
     return fn
+
+
+def decoratable_kind(strategy: str, fn: object) -> Kind:
+    """Return ``fn``'s kind, refusing generator functions with a clear ``TypeError``.
+
+    Retrying, timing or guarding a generator function is ambiguous (the work
+    happens while it is consumed, not when it is called), so strategies wrap
+    only plain and ``async def`` functions.
+    """
+    kind = kind_of(fn)
+    if kind in (Kind.GENERATOR, Kind.ASYNC_GENERATOR):
+        msg = (
+            f"{strategy} cannot wrap the {kind.value} function {guess_name(fn)}: "
+            "decorate the function that consumes it instead"
+        )
+        raise TypeError(msg)
+    return kind
+
+
+def wrap(
+    fn: Callable[..., Any],
+    kind: Kind,
+    label: str,
+    call_sync: Callable[[str, Callable[..., Any], Any, Any], Any],
+    call_async: Callable[[str, Callable[..., Awaitable[Any]], Any, Any], Awaitable[Any]],
+) -> Callable[..., Any]:
+    """Return a wrapper of ``fn``'s kind that hands every call to a strategy driver.
+
+    The wrapper calls ``call_sync(label, fn, args, kwargs)`` or awaits
+    ``call_async(label, fn, args, kwargs)``; ``functools.wraps`` keeps the name,
+    docstring and signature, and an ``async def`` stays a coroutine function.
+    """
+    if kind is Kind.ASYNC:
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await call_async(label, fn, args, kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        return call_sync(label, fn, args, kwargs)
+
+    return sync_wrapper
