@@ -118,6 +118,7 @@ def wrap(
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            """Await the async driver (functools.wraps replaces this docstring)."""
             return await call_async(label, fn, args, kwargs)
 
         return async_wrapper
