@@ -11,6 +11,8 @@ from recoverly import registry
 from recoverly._core.bus import BUS
 from recoverly.testing import ManualClock, instant
 
+pytest_plugins = ["db_servers"]
+
 
 @pytest.fixture(autouse=True)
 def _isolate_global_state() -> Iterator[None]:

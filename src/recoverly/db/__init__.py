@@ -1,0 +1,23 @@
+"""recoverly.db: database recovery on SQLAlchemy 2 (extra ``recoverly[db]``).
+
+Install with ``pip install 'recoverly[db]'`` (SQLAlchemy 2 and psycopg 3).
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy
+except ImportError as exc:  # pragma: no cover - exercised by the minimal install
+    msg = "recoverly.db needs SQLAlchemy 2: pip install 'recoverly[db]'"
+    raise ImportError(msg) from exc
+
+if not sqlalchemy.__version__.startswith("2."):  # pragma: no cover - depends on the install
+    msg = (
+        f"recoverly.db needs SQLAlchemy 2, found {sqlalchemy.__version__}: "
+        "pip install 'recoverly[db]'"
+    )
+    raise ImportError(msg)
+
+__all__: list[str] = []

@@ -1,0 +1,171 @@
+"""Fixtures for tests that talk to real database servers (a pytest plugin module).
+
+Servers are found through environment variables with loopback defaults:
+
+- ``RECOVERLY_TEST_PG_URL``    (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``)
+- ``RECOVERLY_TEST_MYSQL_URL`` (default ``mysql+pymysql://root@127.0.0.1:3306/test``)
+
+A test whose server cannot be reached is skipped with a reason that says how to start it.
+Each PostgreSQL/MySQL test gets its own schema/database so tests never see each other's tables.
+SQLAlchemy is imported inside the fixtures, so this module loads without the ``db`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_URL = os.environ.get(
+    "RECOVERLY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("RECOVERLY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+START_HINT = "start it with ../shared/services.sh or point {var} at a server"
+
+_reachable: dict[str, str | None] = {}
+
+
+def _check(url: str, var: str) -> None:
+    """Skip the test (with the reason) when the server at ``url`` does not answer."""
+    sa = pytest.importorskip("sqlalchemy", reason="recoverly.db tests need the db extra")
+    if url not in _reachable:
+        try:
+            engine = sa.create_engine(url, connect_args=_timeout_args(url))
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            engine.dispose()
+            _reachable[url] = None
+        except Exception as exc:
+            _reachable[url] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    problem = _reachable[url]
+    if problem is not None:
+        pytest.skip(
+            f"database at {url} is not reachable ({problem}); " + START_HINT.format(var=var)
+        )
+
+
+def _timeout_args(url: str) -> dict[str, Any]:
+    if url.startswith("postgresql"):
+        return {"connect_timeout": 3}
+    if url.startswith("mysql"):
+        return {"connect_timeout": 3}
+    return {}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL schema for this test (dropped afterwards).
+
+    The schema is the connection's ``search_path``, so plain table names land in it.
+    """
+    _check(PG_URL, "RECOVERLY_TEST_PG_URL")
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    # application_name tags this test's connections so teardown can end stragglers.
+    yield f"{PG_URL}{sep}application_name={schema}&options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND application_name = :app"
+            ),
+            {"app": schema},
+        )
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Any]:
+    """A SQLAlchemy engine on this test's PostgreSQL schema."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_admin() -> Iterator[Any]:
+    """An AUTOCOMMIT engine for fault injection (terminating backends, inspecting locks)."""
+    _check(PG_URL, "RECOVERLY_TEST_PG_URL")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_kill(pg_admin: Any) -> Callable[[int], bool]:
+    """Return ``kill(pid)``: ``pg_terminate_backend(pid)``, waiting until the backend is gone."""
+    import sqlalchemy as sa
+
+    def kill(pid: int) -> bool:
+        with pg_admin.connect() as conn:
+            done = bool(
+                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+            )
+            for _ in range(500):
+                alive = conn.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                ).scalar()
+                if not alive:
+                    break
+                conn.execute(sa.text("SELECT pg_sleep(0.01)"))
+        return done
+
+    return kill
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """URL of a fresh MariaDB/MySQL database for this test (dropped afterwards)."""
+    _check(MYSQL_URL, "RECOVERLY_TEST_MYSQL_URL")
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
+    base, _, _ = MYSQL_URL.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def mysql_engine(mysql_url: str) -> Iterator[Any]:
+    """A SQLAlchemy engine on this test's MariaDB/MySQL database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(mysql_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a file-backed SQLite database in the test's temporary folder."""
+    pytest.importorskip("sqlalchemy", reason="recoverly.db tests need the db extra")
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Any]:
+    """A SQLAlchemy engine on a file-backed SQLite database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlite_url)
+    yield engine
+    engine.dispose()
