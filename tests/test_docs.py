@@ -90,12 +90,21 @@ EXAMPLES = {b.label: b for b in BLOCKS if b.kind == "example"}
 # ---------------------------------------------------------------- checks registry
 Check = Callable[[dict[str, Any], DocEnv], None]
 CHECKS: dict[str, Check] = {}
-#: Example id -> (module that must import, reason to skip when it does not).
-REQUIRES: dict[str, tuple[str, str]] = {
-    "key-features/db-retry": ("recoverly.db", "recoverly.db arrives with the database issue"),
-    "quick-reference/database": ("recoverly.db", "recoverly.db arrives with the database issue"),
+#: Example id -> (module that must import, name it must have, reason to skip otherwise).
+REQUIRES: dict[str, tuple[str, str, str]] = {
+    "key-features/db-retry": (
+        "recoverly.db",
+        "db_retry",
+        "recoverly.db.db_retry arrives with the database issue",
+    ),
+    "quick-reference/database": (
+        "recoverly.db",
+        "db_retry",
+        "recoverly.db.db_retry arrives with the database issue",
+    ),
     "quick-reference/celery-task": (
         "celery",
+        "Celery",
         "Celery is not installed (the celery integration arrives with a later issue)",
     ),
 }
@@ -183,10 +192,13 @@ def test_documented_example(example_id, tmp_path, monkeypatch, caplog):
     block = EXAMPLES[example_id]
     required = REQUIRES.get(example_id)
     if required is not None:
+        module_name, attribute, reason = required
         try:
-            importlib.import_module(required[0])
+            module = importlib.import_module(module_name)
         except ImportError:
-            pytest.skip(required[1])
+            pytest.skip(reason)
+        if not hasattr(module, attribute):
+            pytest.skip(reason)
     clock = default_clock()
     assert isinstance(clock, ManualClock), "tests/conftest.py installs a ManualClock"
     caplog.set_level(logging.INFO, logger="recoverly")
