@@ -20,4 +20,9 @@ if not sqlalchemy.__version__.startswith("2."):  # pragma: no cover - depends on
     )
     raise ImportError(msg)
 
-__all__: list[str] = []
+from recoverly.db._classify import DbFailure as DbFailure
+from recoverly.db._classify import FailureKind as FailureKind
+from recoverly.db._classify import classify as classify
+from recoverly.db._classify import is_retryable as is_retryable
+
+__all__ = ["DbFailure", "FailureKind", "classify", "is_retryable"]

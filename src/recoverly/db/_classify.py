@@ -1,0 +1,192 @@
+"""Which database errors are worth retrying: one table, per dialect, by code.
+
+Decisions are made from SQLSTATE (PostgreSQL), driver error numbers (MySQL and
+MariaDB) and SQLite result codes, plus SQLAlchemy's ``connection_invalidated``
+flag; message text is consulted only where a driver exposes no code (SQLite on
+Python 3.10). ``IntegrityError``, ``DataError`` and ``ProgrammingError`` are never
+retried: running the same statement again gives the same answer.
+
+=====================  ==========================================  =====================
+kind                   PostgreSQL (SQLSTATE)                        MySQL / MariaDB (errno)
+=====================  ==========================================  =====================
+``CONNECTION_LOST``    class 08 (08000, 08003, 08006, 08001, ...),  2006, 2013, 2003, 2055,
+                       57P01, 57P02, 57P03, 25P03; and any          1927, 1053, 4031
+                       ``connection_invalidated`` error
+``SERIALIZATION``      40001                                         1020 (MariaDB record
+                                                                     changed, snapshot)
+``DEADLOCK``           40P01                                         1213
+``LOCK_TIMEOUT``       55P03                                         1205
+``BUSY``               53300 (too many connections)                  1040
+``POOL_TIMEOUT``       SQLAlchemy's pool ``TimeoutError``            (same)
+``COMMIT_UNKNOWN``     40003 (statement completion unknown)          --
+=====================  ==========================================  =====================
+
+SQLite: ``SQLITE_BUSY`` (5) and ``SQLITE_LOCKED`` (6), with their extended codes
+("database is locked", "database table is locked"), are ``BUSY``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from dataclasses import dataclass
+
+from sqlalchemy import exc as sa_exc
+
+__all__ = ["DbFailure", "FailureKind", "classify", "is_retryable"]
+
+
+class FailureKind(enum.Enum):
+    """Why a database call failed, as far as retrying is concerned.
+
+    .. versionadded:: 0.1
+    """
+
+    CONNECTION_LOST = "connection_lost"
+    """The connection broke or the server went away: reconnect and run again."""
+    SERIALIZATION = "serialization"
+    """The transaction lost a serialization race: run the whole transaction again."""
+    DEADLOCK = "deadlock"
+    """The server chose this transaction as a deadlock victim: run it again."""
+    LOCK_TIMEOUT = "lock_timeout"
+    """A lock could not be had in time: wait and run again."""
+    BUSY = "busy"
+    """The server (or SQLite file) is busy: wait and run again."""
+    POOL_TIMEOUT = "pool_timeout"
+    """No pooled connection was free in time: wait and run again."""
+    COMMIT_UNKNOWN = "commit_unknown"
+    """The server could not say whether the transaction committed."""
+    NOT_RETRYABLE = "not_retryable"
+    """Running it again would fail the same way (constraint, bad data, bad SQL, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DbFailure:
+    """The classification of one exception.
+
+    Attributes:
+        kind: The :class:`FailureKind`.
+        code: The SQLSTATE, driver errno or SQLite code that decided it, if any.
+        reason: A short human explanation.
+    """
+
+    kind: FailureKind
+    code: str | None
+    reason: str
+
+    @property
+    def retryable(self) -> bool:
+        """Whether running the work again may succeed."""
+        return self.kind not in (FailureKind.NOT_RETRYABLE, FailureKind.COMMIT_UNKNOWN)
+
+
+_PG_CONNECTION = {"57P01", "57P02", "57P03", "25P03"}
+_PG = {
+    "40001": FailureKind.SERIALIZATION,
+    "40P01": FailureKind.DEADLOCK,
+    "55P03": FailureKind.LOCK_TIMEOUT,
+    "53300": FailureKind.BUSY,
+    "40003": FailureKind.COMMIT_UNKNOWN,
+}
+_MYSQL = {
+    2006: FailureKind.CONNECTION_LOST,  # server has gone away
+    2013: FailureKind.CONNECTION_LOST,  # lost connection during query
+    2003: FailureKind.CONNECTION_LOST,  # can't connect
+    2055: FailureKind.CONNECTION_LOST,  # lost connection (system error)
+    1927: FailureKind.CONNECTION_LOST,  # MariaDB: connection was killed
+    1053: FailureKind.CONNECTION_LOST,  # server shutdown in progress
+    4031: FailureKind.CONNECTION_LOST,  # MySQL 8: disconnected by the server (idle)
+    1213: FailureKind.DEADLOCK,
+    1205: FailureKind.LOCK_TIMEOUT,
+    1040: FailureKind.BUSY,  # too many connections
+    1020: FailureKind.SERIALIZATION,  # MariaDB: record changed since last read
+}
+_SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+_SQLITE_BUSY_TEXT = ("database is locked", "database table is locked", "database is busy")
+_NEVER = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
+_NOT = DbFailure(FailureKind.NOT_RETRYABLE, None, "not a transient database error")
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _mysql_errno(err: BaseException) -> int | None:
+    module = type(err).__module__
+    if not module.startswith(("pymysql", "MySQLdb", "mysql", "mariadb", "asyncmy", "aiomysql")):
+        return None
+    errno = getattr(err, "errno", None)
+    if isinstance(errno, int):
+        return errno
+    args = getattr(err, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _sqlite_busy(err: BaseException) -> str | None:
+    if not isinstance(err, sqlite3.OperationalError):
+        return None
+    code = getattr(err, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return str(code) if code & 0xFF in _SQLITE_BUSY_CODES else None
+    text = str(err).lower()
+    return "SQLITE_BUSY" if any(t in text for t in _SQLITE_BUSY_TEXT) else None
+
+
+def classify(exc: BaseException) -> DbFailure:  # noqa: PLR0911 - one branch per source of truth
+    """Classify ``exc`` (a SQLAlchemy or driver exception) for retrying.
+
+    Args:
+        exc: The exception raised by a database call.
+
+    Returns:
+        A :class:`DbFailure`; ``failure.retryable`` says whether to retry.
+
+    .. versionadded:: 0.1
+    """
+    if isinstance(exc, _NEVER):
+        return DbFailure(
+            FailureKind.NOT_RETRYABLE, _sqlstate(_driver_error(exc)), type(exc).__name__
+        )
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DbFailure(FailureKind.POOL_TIMEOUT, None, "connection pool timed out")
+    if isinstance(exc, sa_exc.DisconnectionError):
+        return DbFailure(FailureKind.CONNECTION_LOST, None, "disconnected")
+    invalidated = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    err = _driver_error(exc)
+    state = _sqlstate(err)
+    if state is not None:
+        if state in _PG:
+            return DbFailure(_PG[state], state, f"SQLSTATE {state}")
+        if state.startswith("08") or state in _PG_CONNECTION:
+            return DbFailure(FailureKind.CONNECTION_LOST, state, f"SQLSTATE {state}")
+    errno = _mysql_errno(err)
+    if errno is not None and errno in _MYSQL:
+        return DbFailure(_MYSQL[errno], str(errno), f"MySQL error {errno}")
+    busy = _sqlite_busy(err)
+    if busy is not None:
+        return DbFailure(FailureKind.BUSY, busy, "SQLite database is locked")
+    if invalidated:
+        return DbFailure(FailureKind.CONNECTION_LOST, state, "connection invalidated")
+    return _NOT
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Return whether ``exc`` is a transient database error worth retrying.
+
+    See :func:`classify` and the table in this module's documentation.
+
+    .. versionadded:: 0.1
+    """
+    return classify(exc).retryable
+
+
+for _obj in (FailureKind, DbFailure, classify, is_retryable):
+    _obj.__module__ = "recoverly.db"
+del _obj
