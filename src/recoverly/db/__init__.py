@@ -24,5 +24,14 @@ from recoverly.db._classify import DbFailure as DbFailure
 from recoverly.db._classify import FailureKind as FailureKind
 from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
+from recoverly.db.errors import CommitOutcomeUnknown as CommitOutcomeUnknown
+from recoverly.db.errors import NestedTransactionError as NestedTransactionError
 
-__all__ = ["DbFailure", "FailureKind", "classify", "is_retryable"]
+__all__ = [
+    "CommitOutcomeUnknown",
+    "DbFailure",
+    "FailureKind",
+    "NestedTransactionError",
+    "classify",
+    "is_retryable",
+]
