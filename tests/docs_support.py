@@ -13,6 +13,7 @@ any other way into ``requests`` raises.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +33,11 @@ __all__ = [
     "DocEnv",
     "FakeNetwork",
     "FakeResponse",
+    "add_rows",
+    "database",
+    "lock_database",
     "open_results_db",
+    "query",
     "stored_values",
 ]
 
@@ -263,20 +268,10 @@ def _one_network_failure(env: DocEnv) -> dict[str, Any]:
 
 @standin("key-features/db-retry", "quick-reference/database")
 def _sqlalchemy_model(env: DocEnv) -> dict[str, Any]:
-    from sqlalchemy import create_engine
-    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+    from sqlalchemy.orm import Session
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Model(Base):
-        __tablename__ = "models"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str]
-
-    engine = create_engine(f"sqlite:///{env.tmp_path / 'models.sqlite3'}")
-    Base.metadata.create_all(engine)
-    env.extra.update(engine=engine, Model=Model)
+    database(env)
+    env.extra["Model"] = Model
     return {"Session": Session, "Model": Model}
 
 
@@ -323,3 +318,259 @@ def _batch(env: DocEnv) -> dict[str, Any]:
 
     env.extra["attempts"] = attempts
     return {"items": list(range(8)), "process_func": process_func}
+
+
+# ---------------------------------------------------------------- databases (docs/database.md)
+# The models are declared at module level: this module has postponed annotations,
+# and SQLAlchemy resolves the string annotations (``Mapped[int]``) in the globals
+# of the class's module, which a class declared inside a function cannot offer.
+try:
+    import sqlalchemy as sa
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+except ImportError:  # pragma: no cover - without the db extra the database examples skip
+    sa = None
+
+if sa is not None:
+
+    class DocBase(DeclarativeBase):
+        """The declarative base of the documentation's models."""
+
+    class Model(DocBase):
+        """The guide's ``Model``."""
+
+        __tablename__ = "models"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    class ModelRun(DocBase):
+        """The seeds' ``ModelRun``, with a version column for ``atomic_update``."""
+
+        __tablename__ = "model_runs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+        model_type: Mapped[str] = mapped_column(default="linear")
+        config: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+        status: Mapped[str] = mapped_column(default="created")
+        created_at: Mapped[dt.datetime | None]
+        usage_count: Mapped[int] = mapped_column(default=0)
+        version: Mapped[int] = mapped_column()
+        __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's API
+
+    class TrainingProgress(DocBase):
+        """The seeds' ``TrainingProgress``."""
+
+        __tablename__ = "training_progress"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        model_run_id: Mapped[int] = mapped_column(sa.ForeignKey("model_runs.id"))
+        status: Mapped[str]
+        progress_percentage: Mapped[float]
+
+    class Prediction(DocBase):
+        """The seeds' ``Prediction`` (``prediction`` is NOT NULL)."""
+
+        __tablename__ = "predictions"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        model_run_id: Mapped[int]
+        input_data: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+        prediction: Mapped[float]
+        confidence: Mapped[float]
+
+    class Dataset(DocBase):
+        """The seeds' ``Dataset`` (names are unique)."""
+
+        __tablename__ = "datasets"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(unique=True)
+
+    class Account(DocBase):
+        """An account for the transfer examples."""
+
+        __tablename__ = "accounts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        balance: Mapped[int]
+
+    class Transfer(DocBase):
+        """A transfer, keyed by its idempotency key."""
+
+        __tablename__ = "transfers"
+        id: Mapped[str] = mapped_column(primary_key=True)
+        amount: Mapped[int]
+
+
+def database(env: DocEnv, *, savepoints: bool = False) -> Any:
+    """Create a file-backed SQLite database with every model's table; return its engine.
+
+    ``timeout=0``: a write that meets another connection's lock fails at once
+    with "database is locked" instead of waiting, so the checks can inject that
+    transient error with :func:`lock_database`. ``savepoints`` applies
+    ``enable_sqlite_savepoints`` (needed by ``with_savepoint`` and
+    ``safe_bulk_insert``).
+    """
+    path = env.tmp_path / "app.sqlite3"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    if savepoints:
+        from recoverly.db.savepoint import enable_sqlite_savepoints
+
+        enable_sqlite_savepoints(engine)
+    DocBase.metadata.create_all(engine)
+    env.extra.update(engine=engine, path=path)
+    env.cleanups.append(engine.dispose)
+    return engine
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on a second, independent connection: what is committed."""
+    other = sqlite3.connect(path)
+    try:
+        return other.execute(sql).fetchall()
+    finally:
+        other.close()
+
+
+def lock_database(env: DocEnv, mode: str = "IMMEDIATE") -> sqlite3.Connection:
+    """Hold a SQLite lock from another connection until the first retry is scheduled.
+
+    ``IMMEDIATE`` blocks writers, ``EXCLUSIVE`` readers too. The lock is
+    released by a subscriber to ``RetryScheduled``, so the first attempt meets
+    a real "database is locked" and the retry finds the database free.
+    """
+    from recoverly import events as ev
+
+    locker = sqlite3.connect(env.extra["path"], isolation_level=None)
+    locker.execute(f"BEGIN {mode}")
+
+    def release(event: object) -> None:
+        if isinstance(event, ev.RetryScheduled) and locker.in_transaction:
+            locker.rollback()
+
+    ev.subscribe(release)  # tests/conftest.py restores the bus afterwards
+    env.cleanups.append(locker.close)
+    return locker
+
+
+def add_rows(env: DocEnv, *rows: Any) -> None:
+    """Commit ``rows`` (model instances) through a session of their own."""
+    from sqlalchemy.orm import Session
+
+    with Session(env.extra["engine"]) as session:
+        session.add_all(rows)
+        session.commit()
+
+
+@standin("database/classify")
+def _database_errors(env: DocEnv) -> dict[str, Any]:
+    engine = database(env)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Account).values(id=1, balance=0))
+    errors: dict[str, Any] = {}
+    locker = lock_database(env)
+    with engine.connect() as conn:
+        try:
+            conn.execute(sa.insert(Account).values(id=2, balance=0))
+        except sa.exc.OperationalError as exc:
+            errors["locked_error"] = exc
+    locker.rollback()
+    with engine.connect() as conn:
+        try:
+            conn.execute(sa.insert(Account).values(id=1, balance=0))
+        except sa.exc.IntegrityError as exc:
+            errors["duplicate_key_error"] = exc
+    return errors
+
+
+@standin("database/create-record")
+def _create_record(env: DocEnv) -> dict[str, Any]:
+    import warnings
+
+    database(env)
+    # the seed's datetime.utcnow() warns on Python 3.12+; pytest restores the filters
+    warnings.filterwarnings("ignore", r"datetime\.datetime\.utcnow", DeprecationWarning)
+    return {"ModelRun": ModelRun, "TrainingProgress": TrainingProgress}
+
+
+class _FastAPI:
+    """The parts of ``fastapi`` the query-endpoint example uses (FastAPI is not installed)."""
+
+    class HTTPException(Exception):
+        """``fastapi.HTTPException``."""
+
+        def __init__(self, status_code: int, detail: Any = None) -> None:
+            super().__init__(status_code, detail)
+            self.status_code = status_code
+            self.detail = detail
+
+    class Depends:
+        """``fastapi.Depends``: a marker holding the dependency."""
+
+        def __init__(self, dependency: Callable[..., Any]) -> None:
+            self.dependency = dependency
+
+    class APIRouter:
+        """``fastapi.APIRouter``: records the routes it was given."""
+
+        def __init__(self) -> None:
+            self.routes: list[tuple[str, str, Callable[..., Any]]] = []
+
+        def get(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+            """Register a GET route."""
+
+            def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+                self.routes.append(("GET", path, fn))
+                return fn
+
+            return register
+
+
+@standin("database/query-endpoint")
+def _query_endpoint(env: DocEnv) -> dict[str, Any]:
+    import sys
+    from types import ModuleType
+
+    from sqlalchemy.orm import Session
+
+    fastapi = ModuleType("fastapi")
+    for name in ("APIRouter", "Depends", "HTTPException"):
+        setattr(fastapi, name, getattr(_FastAPI, name))
+    env.monkeypatch.setitem(sys.modules, "fastapi", fastapi)
+    engine = database(env)
+    add_rows(env, ModelRun(id=7, name="resnet"))
+
+    def get_db() -> Any:
+        with Session(engine) as session:
+            yield session
+
+    return {"get_db": get_db, "ModelRun": ModelRun}
+
+
+@standin("database/run-transaction", "database/lost-commit")
+def _accounts(env: DocEnv) -> dict[str, Any]:
+    engine = database(env)
+    add_rows(env, Account(id=1, balance=100), Account(id=2, balance=0))
+    return {"engine": engine, "Account": Account, "Transfer": Transfer}
+
+
+@standin("database/savepoints")
+def _savepoints(env: DocEnv) -> dict[str, Any]:
+    database(env, savepoints=True)
+    add_rows(env, Dataset(name="taken"))
+    return {"ModelRun": ModelRun, "Dataset": Dataset}
+
+
+@standin("database/optimistic-locking-seed", "database/optimistic-locking")
+def _usage_counter(env: DocEnv) -> dict[str, Any]:
+    database(env)
+    add_rows(env, ModelRun(id=1, name="resnet", usage_count=0))
+    return {"ModelRun": ModelRun}
+
+
+@standin("database/bulk-insert")
+def _predictions(env: DocEnv) -> dict[str, Any]:
+    database(env, savepoints=True)
+    return {"Prediction": Prediction}
+
+
+@standin("database/pool-monitor")
+def _pool_url(env: DocEnv) -> dict[str, Any]:
+    url = f"sqlite:///{env.tmp_path / 'pool.sqlite3'}"
+    env.extra["url"] = url
+    return {"url": url}

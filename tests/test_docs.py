@@ -27,7 +27,15 @@ from typing import Any
 import pytest
 import requests
 
-from docs_support import STANDINS, DocEnv, FakeNetwork, FakeResponse, stored_values
+from docs_support import (
+    STANDINS,
+    DocEnv,
+    FakeNetwork,
+    FakeResponse,
+    lock_database,
+    query,
+    stored_values,
+)
 from recoverly import events as ev
 from recoverly._core.clock import default_clock
 from recoverly.errors import CircuitBreakerError, CircuitState
@@ -90,17 +98,17 @@ EXAMPLES = {b.label: b for b in BLOCKS if b.kind == "example"}
 # ---------------------------------------------------------------- checks registry
 Check = Callable[[dict[str, Any], DocEnv], None]
 CHECKS: dict[str, Check] = {}
-#: Example id -> (module that must import, name it must have, reason to skip otherwise).
-REQUIRES: dict[str, tuple[str, str, str]] = {
+#: Example id -> (module that must import, name or names it must have, reason to skip otherwise).
+REQUIRES: dict[str, tuple[str, str | tuple[str, ...], str]] = {
     "key-features/db-retry": (
         "recoverly.db",
-        "db_retry",
-        "recoverly.db.db_retry arrives with the database issue",
+        ("db_retry", "ensure_connection"),
+        "needs recoverly.db.db_retry and ensure_connection (database issue)",
     ),
     "quick-reference/database": (
         "recoverly.db",
-        "db_retry",
-        "recoverly.db.db_retry arrives with the database issue",
+        ("db_retry", "ensure_connection"),
+        "needs recoverly.db.db_retry and ensure_connection (database issue)",
     ),
     "quick-reference/celery-task": (
         "celery",
@@ -108,6 +116,24 @@ REQUIRES: dict[str, tuple[str, str, str]] = {
         "Celery is not installed (the celery integration arrives with a later issue)",
     ),
 }
+_DB_NAMES = {
+    "database/classify": ("classify", "is_retryable"),
+    "database/create-record": ("db_retry", "ensure_connection"),
+    "database/query-endpoint": ("db_retry", "ensure_connection"),
+    "database/lost-commit": ("db_retry",),
+    "database/run-transaction": ("run_transaction",),
+    "database/savepoints": ("with_savepoint",),
+    "database/optimistic-locking-seed": ("atomic_update",),
+    "database/optimistic-locking": ("atomic_update",),
+    "database/bulk-insert": ("safe_bulk_insert",),
+    "database/pool-monitor": ("ConnectionPoolMonitor",),
+}
+for _id, _names in _DB_NAMES.items():
+    REQUIRES[_id] = (
+        "recoverly.db",
+        _names,
+        f"needs recoverly.db.{' and '.join(_names)} (database issue)",
+    )
 
 
 def check(example_id: str) -> Callable[[Check], Check]:
@@ -166,6 +192,7 @@ def _body(code: str) -> list[str]:
 
 SEED_SECTIONS = [
     ("000_4e16f176fb95122c.txt", "Key Features"),
+    ("002_77ac4f1901e5fbc5.txt", "Database Operations"),
     ("002_77ac4f1901e5fbc5.txt", "File Operations"),
     ("002_77ac4f1901e5fbc5.txt", "Testing Examples"),
     ("002_77ac4f1901e5fbc5.txt", "Quick Reference"),
@@ -197,8 +224,10 @@ def test_documented_example(example_id, tmp_path, monkeypatch, caplog):
             module = importlib.import_module(module_name)
         except ImportError:
             pytest.skip(reason)
-        if not hasattr(module, attribute):
-            pytest.skip(reason)
+        names = (attribute,) if isinstance(attribute, str) else attribute
+        missing = [name for name in names if not hasattr(module, name)]
+        if missing:
+            pytest.skip(f"{reason} (missing: {', '.join(missing)})")
     clock = default_clock()
     assert isinstance(clock, ManualClock), "tests/conftest.py installs a ManualClock"
     caplog.set_level(logging.INFO, logger="recoverly")
@@ -578,3 +607,223 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     with instant() as clock:
         ns["test_fetch_retries_with_backoff"](clock)
     assert clock.sleeps == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- database
+def _session(env: DocEnv) -> Any:
+    from sqlalchemy.orm import Session
+
+    session = Session(env.extra["engine"])
+    env.cleanups.insert(0, session.close)  # before the engine is disposed
+    return session
+
+
+@check("database/classify")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    import sys
+
+    from recoverly.db import FailureKind
+
+    failure = ns["failure"]
+    assert failure.kind is FailureKind.BUSY
+    assert failure.retryable
+    assert failure.code == ("5" if sys.version_info >= (3, 11) else "SQLITE_BUSY")
+    assert "database is locked" in str(ns["locked_error"])
+    assert type(ns["duplicate_key_error"]).__name__ == "IntegrityError"
+
+
+@check("database/create-record")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    path, create = env.extra["path"], ns["create_model_run"]
+    session = _session(env)
+    run = create(session, "resnet", "cnn", {"lr": 0.1})
+    assert not session.in_transaction()  # committed on the return inside the block
+    assert run.id == 1  # (expired by the commit: this reads it back)
+    assert query(path, "SELECT name, model_type, status FROM model_runs") == [
+        ("resnet", "cnn", "created")
+    ]
+    assert query(path, "SELECT model_run_id, status FROM training_progress") == [(1, "initialized")]
+    session.close()  # reading run.id began a transaction; db_retry must own the next one
+    # A transient fault: another connection holds the write lock during the first attempt.
+    lock_database(env)
+    assert create(session, "vit", "transformer", {}).id == 2
+    assert env.clock.sleeps == [0.5]
+    (scheduled,) = env.of(ev.RetryScheduled)
+    assert "database is locked" in str(scheduled.exception)
+    assert query(path, "SELECT count(*) FROM model_runs") == [(2,)]  # written once
+    assert query(path, "SELECT count(*) FROM training_progress") == [(2,)]
+    # A bad value is not retried, and nothing of the unit is kept.
+    with pytest.raises(Exception, match="JSON serializable"):
+        create(session, "bad", "cnn", {"weights": object()})
+    assert env.clock.sleeps == [0.5]
+    assert query(path, "SELECT count(*) FROM model_runs") == [(2,)]
+
+
+@check("database/query-endpoint")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    import asyncio
+
+    (route,) = ns["router"].routes
+    assert route[:2] == ("GET", "/models/{model_id}")
+    get_model = route[2]
+    assert inspect.iscoroutinefunction(get_model)
+    session = _session(env)
+    model = asyncio.run(get_model(7, db=session))
+    assert (model.id, model.name) == (7, "resnet")
+    with pytest.raises(ns["HTTPException"]) as info:
+        asyncio.run(get_model(8, db=session))
+    assert (info.value.status_code, info.value.detail) == (404, "Model not found")
+    assert env.clock.sleeps == []  # a 404 is not a database error: no retry
+    session.close()
+    lock_database(env, "EXCLUSIVE")  # readers are locked out during the first attempt
+    assert asyncio.run(get_model(7, db=session)).name == "resnet"
+    assert env.clock.sleeps == [0.5]
+
+
+@check("database/lost-commit")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    path = env.extra["path"]
+    session = _session(env)
+    assert ns["record_transfer"](session, "t-1", 10) is None
+    assert query(path, "SELECT id, amount FROM transfers") == [("t-1", 10)]
+    assert query(path, "SELECT balance FROM accounts WHERE id = 1") == [(90,)]
+    assert ns["transfer_recorded"](session, "t-1", 10) is True
+    assert ns["transfer_recorded"](session, "t-2", 10) is False
+    session.rollback()
+    with pytest.raises(Exception, match="UNIQUE constraint failed"):
+        ns["record_transfer"](session, "t-1", 10)  # the key refuses a second copy
+    assert env.clock.sleeps == []
+    assert query(path, "SELECT balance FROM accounts WHERE id = 1") == [(90,)]
+
+
+@check("database/run-transaction")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    path = env.extra["path"]
+    assert ns["balance"] == 90
+    assert query(path, "SELECT balance FROM accounts ORDER BY id") == [(90,), (10,)]
+    lock_database(env)  # the first attempt meets "database is locked"
+    assert ns["run_transaction"](ns["SessionLocal"], ns["transfer"]) == 80
+    assert len(env.clock.sleeps) == 1
+    assert query(path, "SELECT balance FROM accounts ORDER BY id") == [(80,), (20,)]
+
+
+@check("database/savepoints")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    path, create = env.extra["path"], ns["create_model_with_dataset"]
+    session = _session(env)
+    model, dataset = create(session, {"name": "resnet"}, {"name": "imagenet"})
+    assert (model.name, dataset.name) == ("resnet", "imagenet")
+    model, dataset = create(session, {"name": "vit"}, {"name": "taken"})  # unique name
+    assert model.name == "vit"
+    assert dataset is None
+    assert query(path, "SELECT name FROM model_runs ORDER BY id") == [("resnet",), ("vit",)]
+    assert query(path, "SELECT name FROM datasets ORDER BY id") == [("taken",), ("imagenet",)]
+    (rolled,) = env.of(ev.TransactionRolledBack)
+    assert rolled.name == "savepoint"
+    warned = [r.getMessage() for r in env.caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("Dataset creation failed: (sqlite3.IntegrityError)") for m in warned)
+
+
+def _race_before(ns: dict[str, Any], env: DocEnv) -> None:
+    """Make another connection commit an increment just before each atomic_update call."""
+    real, path = ns["atomic_update"], env.extra["path"]
+
+    def racing(**kwargs: Any) -> Any:
+        other = sqlite3.connect(path)
+        with other:
+            other.execute(
+                "UPDATE model_runs SET usage_count = usage_count + 1, version = version + 1"
+            )
+        other.close()
+        return real(**kwargs)
+
+    ns["atomic_update"] = racing
+
+
+@check("database/optimistic-locking-seed")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    session = _session(env)
+    assert ns["increment_model_usage"](session, 2) is False  # no such row
+    _race_before(ns, env)
+    assert ns["increment_model_usage"](session, 1) is True
+    # two increments happened (the racing one and ours), the counter shows one: lost
+    assert query(env.extra["path"], "SELECT usage_count FROM model_runs") == [(1,)]
+
+
+@check("database/optimistic-locking")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    from sqlalchemy import event
+
+    path = env.extra["path"]
+    session = _session(env)
+    assert ns["increment_model_usage"](session, 2) is False
+    _race_before(ns, env)
+    assert ns["increment_model_usage"](session, 1) is True
+    assert query(path, "SELECT usage_count FROM model_runs") == [(2,)]  # nothing lost
+    # A writer that commits between atomic_update's read and its write: conflict, retry.
+    model_run = ns["ModelRun"]
+    raced: list[int] = []
+
+    def concurrent_write(mapper: Any, connection: Any, target: Any) -> None:
+        if not raced:
+            raced.append(target.id)
+            other = sqlite3.connect(path)
+            with other:
+                other.execute(
+                    "UPDATE model_runs SET usage_count = usage_count + 1, version = version + 1"
+                )
+            other.close()
+
+    event.listen(model_run, "before_update", concurrent_write)
+    env.cleanups.append(lambda: event.remove(model_run, "before_update", concurrent_write))
+    assert ns["increment_model_usage"](session, 1) is True
+    assert raced == [1]
+    assert query(path, "SELECT usage_count FROM model_runs") == [(5,)]  # 2 + race + race + ours
+    (scheduled,) = env.of(ev.RetryScheduled)
+    assert type(scheduled.exception).__name__ == "StaleDataError"
+
+
+@check("database/bulk-insert")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    bad = {7, 150, 233}
+    predictions = [
+        {
+            "model_run_id": 1,
+            "input_data": {"x": i},
+            "prediction": None if i in bad else i / 10,
+            "confidence": 0.9,
+        }
+        for i in range(250)
+    ]
+    session = _session(env)
+    count, failed = ns["save_predictions_batch"](session, predictions)
+    assert count == 247
+    assert [record["input_data"]["x"] for record, _ in failed] == sorted(bad)
+    assert {type(exc).__name__ for _, exc in failed} == {"IntegrityError"}
+    rows = query(env.extra["path"], "SELECT count(*), sum(prediction IS NULL) FROM predictions")
+    assert rows == [(247, 0)]
+    errors = [r.getMessage() for r in env.caplog.records if r.levelno == logging.ERROR]
+    assert errors[0] == "Failed to insert 3 predictions"
+    assert len(errors) == 4
+
+
+@check("database/pool-monitor")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    monitor, engine = ns["monitor"], ns["engine"]
+    env.cleanups.append(engine.dispose)
+    assert ns["status"]["capacity"] == 10
+    assert ns["status"]["checked_out"] == 0
+    conns = [engine.connect() for _ in range(8)]
+    try:
+        status = monitor.status()
+        assert (status["checked_out"], status["utilization"]) == (8, 0.8)
+        assert sum("is 80% used (8 of 10 connections" in m for m in env.messages()) == 1
+        env.clock.advance(31)
+        leaks = monitor.check()
+        assert len(leaks) == 8
+        assert "conns = [engine.connect() for _ in range(8)]" in leaks[0].stack
+    finally:
+        for conn in conns:
+            conn.close()
+    assert monitor.leaks() == []
+    monitor.close()
