@@ -26,12 +26,16 @@ from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
 from recoverly.db.errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from recoverly.db.errors import NestedTransactionError as NestedTransactionError
+from recoverly.db.transaction import arun_transaction as arun_transaction
+from recoverly.db.transaction import run_transaction as run_transaction
 
 __all__ = [
     "CommitOutcomeUnknown",
     "DbFailure",
     "FailureKind",
     "NestedTransactionError",
+    "arun_transaction",
     "classify",
     "is_retryable",
+    "run_transaction",
 ]
