@@ -160,15 +160,17 @@ def classify(exc: BaseException) -> DbFailure:  # noqa: PLR0911 - one branch per
         return DbFailure(FailureKind.CONNECTION_LOST, None, "disconnected")
     invalidated = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     err = _driver_error(exc)
+    # MySQL drivers carry a SQLSTATE too (1213 deadlock is 40001 there): the errno
+    # is the more precise answer, so it is read first.
+    errno = _mysql_errno(err)
+    if errno is not None and errno in _MYSQL:
+        return DbFailure(_MYSQL[errno], str(errno), f"MySQL error {errno}")
     state = _sqlstate(err)
     if state is not None:
         if state in _PG:
             return DbFailure(_PG[state], state, f"SQLSTATE {state}")
         if state.startswith("08") or state in _PG_CONNECTION:
             return DbFailure(FailureKind.CONNECTION_LOST, state, f"SQLSTATE {state}")
-    errno = _mysql_errno(err)
-    if errno is not None and errno in _MYSQL:
-        return DbFailure(_MYSQL[errno], str(errno), f"MySQL error {errno}")
     busy = _sqlite_busy(err)
     if busy is not None:
         return DbFailure(FailureKind.BUSY, busy, "SQLite database is locked")
