@@ -694,6 +694,27 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
         ns["record_transfer"](session, "t-1", 10)  # the key refuses a second copy
     assert env.clock.sleeps == []
     assert query(path, "SELECT balance FROM accounts WHERE id = 1") == [(90,)]
+    # A lost commit: the COMMIT lands, then the connection dies before the answer.
+    from sqlalchemy import event
+
+    dropped: list[bool] = []
+
+    def commit_then_drop(conn: Any) -> None:
+        if not dropped:
+            dropped.append(True)
+            raw = conn.connection.dbapi_connection
+            raw.commit()
+            raw.close()  # SQLAlchemy's own commit() now fails: a disconnect
+
+    engine = env.extra["engine"]
+    event.listen(engine, "commit", commit_then_drop)
+    env.cleanups.insert(0, lambda: event.remove(engine, "commit", commit_then_drop))
+    session.rollback()
+    assert ns["record_transfer"](session, "t-2", 15) is None  # the check said: committed
+    assert dropped == [True]
+    assert env.clock.sleeps == [0.5]  # rolled back, waited, asked transfer_recorded
+    assert query(path, "SELECT id FROM transfers ORDER BY id") == [("t-1",), ("t-2",)]
+    assert query(path, "SELECT balance FROM accounts WHERE id = 1") == [(75,)]  # once, not twice
 
 
 @check("database/run-transaction")
