@@ -24,18 +24,32 @@ from recoverly.db._classify import DbFailure as DbFailure
 from recoverly.db._classify import FailureKind as FailureKind
 from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
+from recoverly.db.atomic import atomic_update as atomic_update
+from recoverly.db.bulk import safe_bulk_insert as safe_bulk_insert
 from recoverly.db.errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from recoverly.db.errors import NestedTransactionError as NestedTransactionError
+from recoverly.db.pool import ConnectionPoolMonitor as ConnectionPoolMonitor
+from recoverly.db.pool import PoolLeak as PoolLeak
+from recoverly.db.savepoint import Savepoint as Savepoint
+from recoverly.db.savepoint import enable_sqlite_savepoints as enable_sqlite_savepoints
+from recoverly.db.savepoint import with_savepoint as with_savepoint
 from recoverly.db.transaction import arun_transaction as arun_transaction
 from recoverly.db.transaction import run_transaction as run_transaction
 
 __all__ = [
     "CommitOutcomeUnknown",
+    "ConnectionPoolMonitor",
     "DbFailure",
     "FailureKind",
     "NestedTransactionError",
+    "PoolLeak",
+    "Savepoint",
     "arun_transaction",
+    "atomic_update",
     "classify",
+    "enable_sqlite_savepoints",
     "is_retryable",
     "run_transaction",
+    "safe_bulk_insert",
+    "with_savepoint",
 ]
