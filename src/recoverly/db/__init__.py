@@ -30,6 +30,8 @@ from recoverly.db.errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from recoverly.db.errors import NestedTransactionError as NestedTransactionError
 from recoverly.db.pool import ConnectionPoolMonitor as ConnectionPoolMonitor
 from recoverly.db.pool import PoolLeak as PoolLeak
+from recoverly.db.retry import db_retry as db_retry
+from recoverly.db.retry import ensure_connection as ensure_connection
 from recoverly.db.savepoint import Savepoint as Savepoint
 from recoverly.db.savepoint import enable_sqlite_savepoints as enable_sqlite_savepoints
 from recoverly.db.savepoint import with_savepoint as with_savepoint
@@ -47,7 +49,9 @@ __all__ = [
     "arun_transaction",
     "atomic_update",
     "classify",
+    "db_retry",
     "enable_sqlite_savepoints",
+    "ensure_connection",
     "is_retryable",
     "run_transaction",
     "safe_bulk_insert",
