@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from recoverly import events as ev
 from recoverly import registry
@@ -12,6 +13,11 @@ from recoverly._core.bus import BUS
 from recoverly.testing import ManualClock, instant
 
 pytest_plugins = ["db_servers"]
+
+# The machines are shared and noisy: Hypothesis' per-example deadline would turn a
+# slow moment into a failure that says nothing about the code under test.
+settings.register_profile("recoverly", deadline=None, print_blob=True)
+settings.load_profile("recoverly")
 
 
 @pytest.fixture(autouse=True)
