@@ -26,8 +26,10 @@ error propagates at once (after a rollback), with a note saying how many
 records earlier batches committed. Whether an error is transient is decided by
 :func:`recoverly.db.is_retryable`.
 
-**Transactions.** With ``commit=True`` (default) every batch is committed as
-soon as it is done, so a later failure never takes earlier rows with it and no
+**Transactions.** With ``commit=True`` (default) and nothing pending on the
+session, each batch is a transaction of its own: its first try runs without a
+savepoint (two round trips fewer), and a row error rolls that transaction back
+before the bisection starts. Every batch is committed as soon as it is done, so a later failure never takes earlier rows with it and no
 transaction holds locks on more than one batch; the first commit also commits
 whatever the caller had pending on the session. With ``commit=False``
 everything stays in the caller's transaction (still with savepoints).
@@ -133,11 +135,15 @@ class _Run:
             if len(rows) == 1:
                 self.failed.append((records[0], exc))
                 return
-            mid = len(rows) // 2
-            self.insert(records[:mid], rows[:mid], done)
-            self.insert(records[mid:], rows[mid:], done)
+            self.split(records, rows, done)
             return
         done.extend(records)
+
+    def split(self, records: list[Any], rows: list[dict[str, Any]], done: list[Any]) -> None:
+        """Insert the two halves of a failed batch, each in its own savepoint."""
+        mid = len(rows) // 2
+        self.insert(records[:mid], rows[:mid], done)
+        self.insert(records[mid:], rows[mid:], done)
 
 
 def _statement(db: Session, mapper: Mapper[Any], on_conflict: str | None) -> Any:
@@ -271,7 +277,21 @@ def _batch(
     run: _Run, records: list[Any], rows: list[dict[str, Any]], inserted: list[Any], *, commit: bool
 ) -> None:
     done: list[Any] = []
-    run.insert(records, rows, done)
+    if commit and not run.db.in_transaction():
+        # The batch is a transaction of its own: try it without a savepoint (two
+        # round trips fewer), and on a row error roll back the whole transaction,
+        # which holds nothing else, before bisecting inside savepoints.
+        try:
+            run.db.execute(run.stmt, rows, execution_options=_OPTIONS)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            run.db.rollback()
+            run.split(records, rows, done)
+        else:
+            done.extend(records)
+    else:
+        run.insert(records, rows, done)
     if commit:
         run.db.commit()
     inserted.extend(done)
