@@ -251,3 +251,58 @@ def test_benchmark_smoke_on_sqlite(sqlite_url):
     bench = _load_bench()
     counts = bench.smoke(sqlite_url, rows=200, bad_share=0.02)
     assert counts == {"clean": 196, "safe": 196, "row_by_row": 196, "failed": 4}
+
+
+# ---------------------------------------------------------------- isolation by the error's hint
+@pytest.mark.parametrize(("bad_ids", "expected_inserts"), [([517], 3), ([5, 400, 999], 5)])
+def test_not_null_hint_isolates_bad_rows_in_one_pass(pg, bad_ids, expected_inserts):
+    """PostgreSQL names the NOT NULL column: the batch, each suspect alone, then the rest."""
+    inserts = _count_inserts(pg)
+    records = _records(1024, {key: {"qty": None} for key in bad_ids})
+    with Session(pg) as s:
+        inserted, failed = safe_bulk_insert(s, Item, records, batch_size=1024)
+    assert sorted(r["id"] for r, _ in failed) == bad_ids
+    assert len(inserted) == 1024 - len(bad_ids)
+    assert len(inserts) == expected_inserts
+    assert len(_codes(pg)) == 1024 - len(bad_ids)
+
+
+def test_duplicate_key_hint_finds_the_clashing_row(pg):
+    """A unique violation names the key; only rows with that value are tried alone."""
+    with Session(pg) as s:
+        s.add(Item(id=10_000, code="c7", qty=1))
+        s.commit()
+    inserts = _count_inserts(pg)
+    with Session(pg) as s:
+        inserted, failed = safe_bulk_insert(s, Item, _records(300, {}), batch_size=300)
+    assert [r["id"] for r, _ in failed] == [7]
+    assert len(inserted) == 299
+    assert isinstance(failed[0][1], sa.exc.IntegrityError)
+    assert len(inserts) == 3
+    assert len(_codes(pg)) == 300  # 299 new rows plus the one that was there
+
+
+def test_misleading_hint_still_keeps_every_good_row(pg):
+    """A hint that also matches good rows only costs extra statements, never rows."""
+    # PostgreSQL quotes the bad value ("abc"); another, good row holds "abc" as its code.
+    records = _records(50, {3: {"qty": "abc"}, 20: {"code": "abc"}})
+    with Session(pg) as s:
+        inserted, failed = safe_bulk_insert(s, Item, records, batch_size=50)
+    assert [r["id"] for r, _ in failed] == [3]
+    assert [r["id"] for r in inserted] == [i for i in range(50) if i != 3]  # input order kept
+    assert "abc" in _codes(pg)
+
+
+def test_suspects_reads_mysql_and_sqlite_messages():
+    """The MySQL and SQLite message forms give hints too; unusable errors give none."""
+    from recoverly.db._suspects import suspects
+
+    rows = [{"id": 1, "qty": 1}, {"id": 2, "qty": None}, {"id": 3, "qty": 3}]
+    assert suspects(Exception("NOT NULL constraint failed: items.qty"), rows) == [1]
+    assert suspects(Exception("(1048, \"Column 'qty' cannot be null\")"), rows) == [1]
+    dup = [{"code": "a"}, {"code": "b"}, {"code": "b"}, {"code": "c"}, {"code": "d"}]
+    assert suspects(Exception("(1062, \"Duplicate entry 'b' for key 'code'\")"), dup) == [1, 2]
+    assert suspects(Exception("CHECK constraint failed: positive"), rows) == []
+    # a hint naming most of the batch is no help: bisect instead
+    nulls = [{"qty": None}] * 4
+    assert suspects(Exception("NOT NULL constraint failed: items.qty"), nulls) == []
