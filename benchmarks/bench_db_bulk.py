@@ -228,9 +228,9 @@ def _markdown(
         ),
         "",
         (
-            "Batch size at 0.1 % bad rows (safe_bulk_insert seconds; each bad row costs about "
-            "2x its batch in re-sent rows plus 2*log2(batch) savepointed statements, each batch "
-            "one savepoint and one commit):"
+            "Batch size at 0.1 % bad rows (safe_bulk_insert seconds; a bad row that the "
+            "database's error names costs about one re-send of its batch plus two statements, "
+            "and each batch costs one commit):"
         ),
         "",
         "| batch_size | " + " | ".join(k.split()[1] for k in sweep) + " |",
