@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-minimal lint typecheck pytest bench docs-check clean
+.PHONY: demo test test-minimal lint typecheck pytest bench bench-db clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-minimal: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Needs the local PostgreSQL (see ../shared/services.sh); takes a few minutes.
+bench-db: $(STAMP)
+	$(BIN)/python benchmarks/bench_db_retry.py --write
+	$(BIN)/python benchmarks/bench_db_bulk.py --write
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .coverage htmlcov
