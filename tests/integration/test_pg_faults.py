@@ -34,6 +34,18 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items
 """
 
 
+_watchers: list[threading.Thread] = []
+
+
+@pytest.fixture(autouse=True)
+def _join_watchers(pg_admin: Any) -> Iterator[None]:
+    """Let every killer thread finish (and return its admin connection) before pg_admin closes."""
+    assert pg_admin is not None
+    yield
+    while _watchers:
+        _watchers.pop().join(10)
+
+
 @pytest.fixture
 def engine(pg_engine: Any) -> Any:
     """The test's engine with a table ``items(id serial, v text)``."""
@@ -75,6 +87,7 @@ def kill_when(
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
+    _watchers.append(thread)
     return thread
 
 
