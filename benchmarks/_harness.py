@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -320,3 +321,20 @@ def overhead(results: dict[str, Result], key: str) -> float:
     res = results[key]
     base = res.case.baseline
     return res.median - (results[base].median if base else 0.0)
+
+
+def write_section(results: Path, name: str, section: str) -> None:
+    """Replace the ``<!-- name -->`` ... ``<!-- /name -->`` block of ``results`` (append if absent).
+
+    Everything else in the file is kept, so each benchmark owns one section.
+    """
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = results.read_text(encoding="utf-8")
+    block = f"{start}\n{section.rstrip(chr(10))}\n{end}"
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    results.write_text(text, encoding="utf-8")

@@ -41,7 +41,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import write_section
 from recoverly.db.bulk import DEFAULT_BATCH_SIZE, safe_bulk_insert
 from recoverly.db.savepoint import enable_sqlite_savepoints
 
@@ -49,7 +51,6 @@ PG_URL = os.environ.get(
     "RECOVERLY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- db-bulk -->", "<!-- /db-bulk -->"
 TARGET_CLEAN_RATIO = 1.5
 TARGET_ROW_BY_ROW = 20.0
 
@@ -241,19 +242,6 @@ def _markdown(
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    """Replace the section between the db-bulk markers in RESULTS.md (append if absent)."""
-    text = RESULTS.read_text(encoding="utf-8")
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the Markdown section, optionally write it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -265,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     section = run(args.rows, args.repeats, args.sample)
     print(section)
     if args.write:
-        write(section)
+        write_section(RESULTS, "db-bulk", section)
     return 0
 
 

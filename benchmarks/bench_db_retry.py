@@ -42,14 +42,15 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import write_section
 from recoverly.db.retry import db_retry, ensure_connection
 
 PG_URL = os.environ.get(
     "RECOVERLY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- db-retry -->", "<!-- /db-retry -->"
 QUERY = sa.text("SELECT v FROM bench_items WHERE id = :id")
 
 
@@ -223,19 +224,6 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def write(section: str) -> None:
-    """Replace the section between the db-retry markers in RESULTS.md (append if absent)."""
-    text = RESULTS.read_text(encoding="utf-8")
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the Markdown section and optionally write it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(rows, wrapper_cost(args.repeats), args.calls, args.repeats)
     print(section)
     if args.write:
-        write(section)
+        write_section(RESULTS, "db-retry", section)
     return 0
 
 
