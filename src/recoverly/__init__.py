@@ -19,8 +19,10 @@ from recoverly.budget import RetryBudget as RetryBudget
 from recoverly.budget import RetryBudgetStatistics as RetryBudgetStatistics
 from recoverly.circuit_breaker import CircuitBreaker as CircuitBreaker
 from recoverly.circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
+from recoverly.errors import BulkheadFullError as BulkheadFullError
 from recoverly.errors import CircuitBreakerError as CircuitBreakerError
 from recoverly.errors import CircuitState as CircuitState
+from recoverly.errors import RateLimitExceeded as RateLimitExceeded
 from recoverly.errors import RecoverlyError as RecoverlyError
 from recoverly.errors import RejectedError as RejectedError
 from recoverly.errors import TimeoutExceeded as TimeoutExceeded
@@ -48,12 +50,14 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "BatchProgress",
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitBreakerError",
     "CircuitBreakerStatistics",
     "CircuitState",
     "Fallback",
     "FallbackStatistics",
+    "RateLimitExceeded",
     "RecoverlyError",
     "RejectedError",
     "Retry",

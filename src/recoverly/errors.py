@@ -6,6 +6,8 @@ The tree::
     └── RecoverlyError                 anything recoverly raises on its own
         └── RejectedError              a call was refused before (or instead of) running
             ├── CircuitBreakerError    the breaker is OPEN, or HALF_OPEN with no probe free
+            ├── BulkheadFullError      every slot and every queue place is taken
+            ├── RateLimitExceeded      no token is free within the allowed wait
             └── TimeoutExceeded        also a builtin ``TimeoutError``
 
 Every rejection carries ``name`` (the strategy instance), ``state`` and
@@ -20,8 +22,10 @@ import enum
 from typing import Any
 
 __all__ = [
+    "BulkheadFullError",
     "CircuitBreakerError",
     "CircuitState",
+    "RateLimitExceeded",
     "RecoverlyError",
     "RejectedError",
     "TimeoutExceeded",
@@ -139,6 +143,36 @@ class CircuitBreakerError(RejectedError):
         return f"Circuit breaker is OPEN for {self.name!r}{detail}"
 
 
+class BulkheadFullError(RejectedError):
+    """The bulkhead rejected the call: every slot and queue place was taken.
+
+    Also raised when a queued call's wait timed out.
+
+    ``state`` reads ``"full"`` (no queue place) or ``"queue_timeout"``.
+
+    .. versionadded:: 0.2
+    """
+
+    def _describe(self) -> str:
+        if self.state == "queue_timeout":
+            return f"Bulkhead {self.name!r} is full: no slot freed up within the queue timeout"
+        return f"Bulkhead {self.name!r} is full: every slot and queue place is taken"
+
+
+class RateLimitExceeded(RejectedError):
+    """The rate limiter refused the call: no token is free within the allowed wait.
+
+    ``retry_after`` is the number of seconds until a token will be free.
+
+    .. versionadded:: 0.2
+    """
+
+    def _describe(self) -> str:
+        retry_after = self.retry_after
+        when = f"; next token in {retry_after:.3f} s" if retry_after is not None else ""
+        return f"Rate limit exceeded for {self.name!r}{when}"
+
+
 class TimeoutExceeded(RejectedError, TimeoutError):
     """The call ran longer than its timeout.
 
@@ -155,6 +189,14 @@ class TimeoutExceeded(RejectedError, TimeoutError):
         self.seconds = seconds
 
 
-for _cls in (CircuitState, RecoverlyError, RejectedError, CircuitBreakerError, TimeoutExceeded):
+for _cls in (
+    CircuitState,
+    RecoverlyError,
+    RejectedError,
+    CircuitBreakerError,
+    BulkheadFullError,
+    RateLimitExceeded,
+    TimeoutExceeded,
+):
     _cls.__module__ = "recoverly"
 del _cls
