@@ -128,7 +128,7 @@ def test_bisection_takes_logarithmic_round_trips(pg, n, bad_ids):
 
 
 def test_connection_loss_propagates_without_bisecting(pg, pg_kill):
-    """A killed connection is not blamed on rows: it propagates, earlier batches stay committed."""
+    """A killed connection is not blamed on rows: it propagates, committed batches stay."""
     inserts = _count_inserts(pg)
     with Session(pg) as s:
         pid = s.execute(sa.text("SELECT pg_backend_pid()")).scalar()
@@ -139,7 +139,7 @@ def test_connection_loss_propagates_without_bisecting(pg, pg_kill):
                 pg_kill(pid)
 
         with pytest.raises(sa.exc.OperationalError) as info:
-            safe_bulk_insert(s, Item, _records(300, {}), batch_size=100)
+            safe_bulk_insert(s, Item, _records(300, {}), batch_size=100, commit_every=100)
     assert info.value.connection_invalidated
     assert len(inserts) == 2  # the first batch, then the one that hit the dead connection
     assert len(_codes(pg)) == 100
@@ -250,7 +250,13 @@ def test_benchmark_smoke_on_sqlite(sqlite_url):
     """The bulk benchmark's cases run on 200 SQLite rows and land the right counts."""
     bench = _load_bench()
     counts = bench.smoke(sqlite_url, rows=200, bad_share=0.02)
-    assert counts == {"clean": 196, "safe": 196, "row_by_row": 196, "failed": 4}
+    assert counts == {
+        "clean": 196,
+        "safe": 196,
+        "row_by_row": 196,
+        "row_by_row_commit": 196,
+        "failed": 4,
+    }
 
 
 # ---------------------------------------------------------------- isolation by the error's hint
@@ -306,3 +312,74 @@ def test_suspects_reads_mysql_and_sqlite_messages():
     # a hint naming most of the batch is no help: bisect instead
     nulls = [{"qty": None}] * 4
     assert suspects(Exception("NOT NULL constraint failed: items.qty"), nulls) == []
+
+
+def _count_commits(engine) -> list[int]:
+    seen: list[int] = []
+
+    @event.listens_for(engine, "commit")
+    def count(conn):
+        seen.append(1)
+
+    return seen
+
+
+def test_rows_are_committed_every_commit_every_rows(pg):
+    """Commits happen once commit_every rows were sent (whole batches), plus one at the end."""
+    commits = _count_commits(pg)
+    with Session(pg) as s:
+        inserted, failed = safe_bulk_insert(
+            s, Item, _records(650, {5: {"qty": None}}), batch_size=100, commit_every=250
+        )
+    assert (len(inserted), [r["id"] for r, _ in failed]) == (649, [5])
+    assert len(commits) == 3  # after 300 rows, after 600, and the last 50
+    assert len(_codes(pg)) == 649
+
+
+def test_error_loses_only_the_uncommitted_transaction(pg, pg_kill):
+    """Rows of the interrupted transaction are rolled back and reported in neither list."""
+    inserts = _count_inserts(pg)
+    with Session(pg) as s:
+        pid = s.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+
+        @event.listens_for(pg, "before_cursor_execute")
+        def kill_on_fourth_batch(conn, cursor, statement, params, context, executemany):
+            if statement.startswith("INSERT") and len(inserts) == 4:
+                pg_kill(pid)
+
+        with pytest.raises(sa.exc.OperationalError) as info:
+            safe_bulk_insert(s, Item, _records(500, {}), batch_size=100, commit_every=200)
+    assert len(_codes(pg)) == 200  # the first transaction; batch 3 died with its transaction
+    if sys.version_info >= (3, 11):
+        assert "200 records were committed" in "".join(info.value.__notes__)
+
+
+def test_records_naming_different_attributes_keep_column_defaults(pg):
+    """A batch mixing key sets still inserts; an omitted attribute takes its column default."""
+    Item.__table__.drop(pg)
+    meta = sa.MetaData()
+    sa.Table(
+        "items",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(40), unique=True),
+        sa.Column("qty", sa.Integer, nullable=False, server_default="7"),
+    ).create(pg)
+    records = [{"id": 1, "code": "a", "qty": 1}, {"id": 2, "code": "b"}, {"id": 3, "code": "c"}]
+    with Session(pg) as s:
+        inserted, failed = safe_bulk_insert(s, Item, records)
+    assert (len(inserted), failed) == (3, [])
+    with Session(pg) as s:
+        assert sorted(s.execute(sa.text("SELECT id, qty FROM items")).all()) == [
+            (1, 1),
+            (2, 7),
+            (3, 7),
+        ]
+
+
+def test_psycopg_pipeline_warning_is_not_logged_for_handled_batches(pg, caplog):
+    """The driver's 'error ignored terminating' warning for a handled bad batch is filtered."""
+    with caplog.at_level("WARNING", logger="psycopg"), Session(pg) as s:
+        inserted, failed = safe_bulk_insert(s, Item, _records(50, {10: {"qty": None}}))
+    assert (len(inserted), len(failed)) == (49, 1)
+    assert not [r for r in caplog.records if "error ignored" in r.getMessage()]

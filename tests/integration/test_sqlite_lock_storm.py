@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +16,12 @@ WRITES = 25
 DEADLINE = 10.0
 
 
-def writer(path: str, worker: int, writes: int) -> int:
-    """Write ``writes`` rows through db_retry; return the number of retries it needed."""
+def writer(path: str, worker: int, writes: int, barrier: Any) -> tuple[int, float]:
+    """Write ``writes`` rows through db_retry; return (retries needed, seconds taken).
+
+    The writers start together (``barrier``) and hold the write lock for a few
+    milliseconds per transaction, so they collide however the machine schedules them.
+    """
     from sqlalchemy.orm import Session
 
     from recoverly._core.clock import SystemClock
@@ -40,13 +45,16 @@ def writer(path: str, worker: int, writes: int) -> int:
     def write(db: Session, n: int) -> None:
         db.execute(sa.text("INSERT INTO log (worker, n) VALUES (:w, :n)"), {"w": worker, "n": n})
         db.execute(sa.text("UPDATE counter SET total = total + 1"))
+        time.sleep(0.003)  # hold the write lock: the others must wait for it
         db.commit()
 
+    barrier.wait(timeout=30)
+    started = time.monotonic()
     with Session(engine) as s:
         for n in range(writes):
             write(s, n)
     engine.dispose()
-    return len(retries)
+    return len(retries), time.monotonic() - started
 
 
 @pytest.mark.integration
@@ -59,12 +67,15 @@ def test_every_write_of_four_processes_lands_within_the_deadline(tmp_path: Path)
         conn.execute(sa.text("CREATE TABLE log (worker int, n int, PRIMARY KEY (worker, n))"))
         conn.execute(sa.text("CREATE TABLE counter (total int)"))
         conn.execute(sa.text("INSERT INTO counter VALUES (0)"))
-    started = time.monotonic()
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(PROCESSES) as pool:
-        results = [pool.apply_async(writer, (str(path), w, WRITES)) for w in range(PROCESSES)]
-        retries = sum(result.get(timeout=30) for result in results)
-    elapsed = time.monotonic() - started
+    with ctx.Manager() as manager, ctx.Pool(PROCESSES) as pool:
+        barrier = manager.Barrier(PROCESSES)
+        results = [
+            pool.apply_async(writer, (str(path), w, WRITES, barrier)) for w in range(PROCESSES)
+        ]
+        outcomes = [result.get(timeout=45) for result in results]
+    retries = sum(r for r, _ in outcomes)
+    elapsed = max(t for _, t in outcomes)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT count(*) FROM log")).scalar()
         total = conn.execute(sa.text("SELECT total FROM counter")).scalar()

@@ -6,9 +6,11 @@
     for record, error in failed:
         log.error("Record: %s, Error: %s", record, error)
 
-**Fast path.** Each batch is one ``session.execute(insert(Model), rows)``
-(SQLAlchemy's bulk INSERT: a multi-row INSERT through insertmanyvalues, or the
-driver's pipelined ``executemany``), inside a savepoint.
+**Fast path.** Each batch is one bulk INSERT of the table (SQLAlchemy Core
+``executemany``: psycopg 3 pipelines it, other drivers use insertmanyvalues or
+their own batching) inside a savepoint, on the session's connection. Mappers
+over several tables (joined inheritance), or batches whose records do not all
+name the same attributes, go through the ORM's ``insert(Model)`` instead.
 
 **Isolating bad rows.** When a batch fails because of its data (a constraint, a
 value the column cannot take), the work is rolled back and the bad rows are
@@ -37,26 +39,32 @@ error propagates at once (after a rollback), with a note saying how many
 records earlier batches committed. Whether an error is transient is decided by
 :func:`recoverly.db.is_retryable`.
 
-**Transactions.** With ``commit=True`` (default) and nothing pending on the
-session, each batch is a transaction of its own: its first try runs without a
-savepoint (two round trips fewer), and a row error rolls that transaction back
-before the bad rows are isolated. Every batch is committed as soon as it is
-done, so a later failure never takes earlier rows with it and no transaction
-holds locks on more than one batch; the first commit also commits
-whatever the caller had pending on the session. With ``commit=False``
-everything stays in the caller's transaction (still with savepoints).
+**Transactions.** With ``commit=True`` (default) the rows are committed in
+transactions of about ``commit_every`` rows (default 10 000; each batch inside
+them has its own savepoint, so a bad row never costs the rows around it). A
+commit is one durable write (a WAL flush) on the server, so committing every
+few thousand rows instead of every batch is what keeps the insert near the
+speed of a plain bulk INSERT; ``commit_every=batch_size`` commits each batch.
+Committed rows stay committed when a later error propagates; the rows of the
+transaction that error interrupted are rolled back and are in neither list.
+The first commit also commits whatever the caller had pending on the session.
+With ``commit=False`` everything stays in the caller's transaction (still with
+savepoints).
 
-**Batch size.** The default, 200, keeps a bad row's re-sends small (bisection
-resends about twice the batch) while amortising the per-batch savepoint and
-commit; see ``benchmarks/bench_db_bulk.py`` for the measurements.
+**Batch size.** The default, 200, balances a bad row's re-send (about one
+batch) against the per-batch savepoint and statement overhead; see
+``benchmarks/bench_db_bulk.py`` for the measurements.
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import exc as sa_exc
@@ -70,12 +78,14 @@ from recoverly.db._classify import FailureKind, classify
 from recoverly.db._suspects import suspects
 from recoverly.db.savepoint import check_savepoints
 
-__all__ = ["DEFAULT_BATCH_SIZE", "safe_bulk_insert"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_COMMIT_EVERY", "safe_bulk_insert"]
 
 R = TypeVar("R")
 
 #: Rows per INSERT batch when ``batch_size`` is not given (see the module docs).
 DEFAULT_BATCH_SIZE = 200
+#: Rows per committed transaction when ``commit_every`` is not given.
+DEFAULT_COMMIT_EVERY = 10_000
 
 # None means NULL (not "omit the column"), so every row of a batch has the same
 # columns and the batch stays one statement.
@@ -128,21 +138,39 @@ def _note(exc: BaseException, text: str) -> None:
 
 
 class _Run:
-    """One safe_bulk_insert call: the statement, the results so far, the bisection."""
+    """One safe_bulk_insert call: the statements, the results so far, the bisection."""
 
-    __slots__ = ("db", "failed", "isolations", "stmt")
+    __slots__ = ("core", "db", "failed", "isolations", "mapper", "orm", "uniform")
 
-    def __init__(self, db: Session, stmt: Any) -> None:
+    def __init__(self, db: Session, mapper: Mapper[Any], on_conflict: str | None) -> None:
         self.db = db
-        self.stmt = stmt
+        self.mapper = mapper
+        self.orm = _statement(db, mapper, on_conflict, orm=True)
+        # The Core statement skips the ORM's per-call work; it needs one table and
+        # attribute names that are column names.
+        plain = len(mapper.tables) == 1 and all(
+            len(prop.columns) == 1 and prop.columns[0].key == prop.key
+            for prop in mapper.column_attrs
+        )
+        self.core = _statement(db, mapper, on_conflict, orm=False) if plain else None
         self.failed: list[tuple[Any, BaseException]] = []
         self.isolations = 0
+        self.uniform = True  # every row of the current batch names the same keys
+
+    def execute(self, rows: list[dict[str, Any]]) -> None:
+        """One bulk INSERT of ``rows`` in a savepoint of the session's transaction."""
+        if self.core is not None and (self.uniform or len(rows) == 1):
+            conn = self.db.connection(bind_arguments={"mapper": self.mapper})
+            with _quiet_pipeline(), conn.begin_nested():
+                conn.execute(self.core, rows)
+        else:
+            with _quiet_pipeline(), self.db.begin_nested():
+                self.db.execute(self.orm, rows, execution_options=_OPTIONS)
 
     def insert(self, records: list[Any], rows: list[dict[str, Any]], done: list[Any]) -> None:
-        """Insert ``rows`` (bisecting on row errors); append landed records to ``done``."""
+        """Insert ``rows`` (isolating bad rows); append landed records to ``done``."""
         try:
-            with self.db.begin_nested():
-                self.db.execute(self.stmt, rows, execution_options=_OPTIONS)
+            self.execute(rows)
         except Exception as exc:
             if not is_row_error(exc):
                 raise
@@ -180,9 +208,36 @@ class _Run:
         self.insert(records[mid:], rows[mid:], done)
 
 
-def _statement(db: Session, mapper: Mapper[Any], on_conflict: str | None) -> Any:
+class _PipelineNoise(logging.Filter):
+    """Drops psycopg's "error ignored terminating <Pipeline>" warning while a batch runs.
+
+    psycopg 3 logs it when a pipelined ``executemany`` fails; safe_bulk_insert
+    expects that failure and handles it, so the warning would only be noise.
+    The filter is scoped to the thread (and task) inside :func:`_quiet_pipeline`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record except that warning inside a bulk insert."""
+        return not (_IN_BATCH.get() and record.getMessage().startswith("error ignored terminating"))
+
+
+_IN_BATCH: contextvars.ContextVar[bool] = contextvars.ContextVar("recoverly_bulk", default=False)
+logging.getLogger("psycopg").addFilter(_PipelineNoise())
+
+
+@contextlib.contextmanager
+def _quiet_pipeline() -> Iterator[None]:
+    token = _IN_BATCH.set(True)
+    try:
+        yield
+    finally:
+        _IN_BATCH.reset(token)
+
+
+def _statement(db: Session, mapper: Mapper[Any], on_conflict: str | None, *, orm: bool) -> Any:
+    target: Any = mapper if orm else mapper.local_table
     if on_conflict is None:
-        return insert(mapper)
+        return insert(target)
     dialect = db.get_bind(mapper).dialect.name
     if dialect not in _SKIP_DIALECTS:
         msg = (
@@ -190,7 +245,7 @@ def _statement(db: Session, mapper: Mapper[Any], on_conflict: str | None) -> Any
             "(MySQL's INSERT IGNORE also hides NOT NULL and data errors)"
         )
         raise ValueError(msg)
-    return _SKIP_DIALECTS[dialect](mapper).on_conflict_do_nothing()
+    return _SKIP_DIALECTS[dialect](target).on_conflict_do_nothing()
 
 
 def _as_row(mapper: Mapper[Any], keys: frozenset[str], record: object) -> dict[str, Any] | str:
@@ -205,8 +260,8 @@ def _as_row(mapper: Mapper[Any], keys: frozenset[str], record: object) -> dict[s
             f"record must be a mapping or a {mapper.class_.__name__} instance, "
             f"got {type(record).__name__}"
         )
-    unknown = sorted(k for k in row if k not in keys)
-    if unknown:
+    if not keys.issuperset(row):
+        unknown = sorted(k for k in row if k not in keys)
         return f"{mapper.class_.__name__} has no column attribute {', '.join(map(repr, unknown))}"
     return row
 
@@ -219,8 +274,9 @@ def safe_bulk_insert(
     *,
     on_conflict: Literal["skip"] | None = None,
     commit: bool = True,
+    commit_every: int = DEFAULT_COMMIT_EVERY,
 ) -> tuple[list[R], list[tuple[R, BaseException]]]:
-    """Insert ``records`` in batches; isolate bad rows by bisection and keep the good ones.
+    """Insert ``records`` in batches; isolate bad rows and keep the good ones.
 
     Args:
         db: The ORM session.
@@ -234,8 +290,11 @@ def safe_bulk_insert(
             SQLite). Such records count as done: they are in the first list,
             which then means "is in the table", and re-running the same load
             is idempotent. Other errors are still reported.
-        commit: Commit after every batch (default) or leave everything in the
+        commit: Commit as the load goes (default) or leave everything in the
             caller's transaction.
+        commit_every: With ``commit=True``, commit once at least this many
+            rows have been sent since the last commit (``>= 1``; rounded up to
+            whole batches).
 
     Returns:
         ``(inserted, failed)``: the records that landed, in input order per
@@ -245,95 +304,109 @@ def safe_bulk_insert(
 
     Raises:
         TypeError: ``model_class`` is not mapped, or a bad argument type.
-        ValueError: ``batch_size < 1``, an unknown ``on_conflict``, or
-            ``"skip"`` on a dialect without it.
+        ValueError: ``batch_size < 1``, ``commit_every < 1``, an unknown
+            ``on_conflict``, or ``"skip"`` on a dialect without it.
         RuntimeError: SQLite without working savepoints (see
             :func:`recoverly.db.enable_sqlite_savepoints`).
         Exception: Any error that is not caused by the rows (see the module
-            docs); batches committed before it stay committed.
+            docs); rows committed before it stay committed.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       ``commit_every``; batches run as Core INSERTs where the mapping allows.
     """
     mapper = sa_inspect(model_class, raiseerr=False)
     p = Problems()
     if not isinstance(mapper, Mapper):
         p._bad(f"model_class must be a mapped ORM class, got {model_class!r}", kind=True)
     size = p.int_at_least("batch_size", batch_size, 1)
+    every = p.int_at_least("commit_every", commit_every, 1)
     if on_conflict not in (None, "skip"):
         p._bad(f"on_conflict must be None or 'skip', got {on_conflict!r}")
     if not isinstance(cast("object", commit), bool):
         p._bad(f"commit must be a bool, got {commit!r}", kind=True)
     p.raise_if_any()
     mapper = cast("Mapper[Any]", mapper)
-    run = _Run(db, _statement(db, mapper, on_conflict))
+    run = _Run(db, mapper, on_conflict)
     check_savepoints(db.connection(bind_arguments={"mapper": mapper}))
-    inserted: list[R] = []
+    load = _Load(run, commit=commit, commit_every=every)
     try:
-        _load(run, mapper, records, size, inserted, commit=commit)
+        load.feed(records, size)
     except BaseException as exc:
         if commit:
-            _note(exc, f"safe_bulk_insert: {len(inserted)} records were committed before this")
+            _note(exc, f"safe_bulk_insert: {len(load.inserted)} records were committed before this")
             try:
                 db.rollback()
             except Exception as failure:
                 _note(exc, f"recoverly: the rollback also failed: {failure!r}")
         raise
-    return inserted, cast("list[tuple[R, BaseException]]", run.failed)
+    return load.inserted, cast("list[tuple[R, BaseException]]", run.failed)
 
 
-def _load(
-    run: _Run,
-    mapper: Mapper[Any],
-    records: Iterable[Any],
-    size: int,
-    inserted: list[Any],
-    *,
-    commit: bool,
-) -> None:
-    keys = frozenset(mapper.column_attrs.keys())
-    good: list[Any] = []
-    rows: list[dict[str, Any]] = []
-    for record in records:
-        row = _as_row(mapper, keys, record)
-        if isinstance(row, str):
-            run.failed.append((record, ValueError(row)))
-            continue
-        good.append(record)
-        rows.append(row)
-        if len(rows) == size:
-            _batch(run, good, rows, inserted, commit=commit)
-            good, rows = [], []
-    if rows:
-        _batch(run, good, rows, inserted, commit=commit)
+class _Load:
+    """Batches the records, commits every ``commit_every`` rows, keeps input order."""
 
+    __slots__ = ("commit", "commit_every", "inserted", "pending", "run", "sent")
 
-def _batch(
-    run: _Run, records: list[Any], rows: list[dict[str, Any]], inserted: list[Any], *, commit: bool
-) -> None:
-    done: list[Any] = []
-    isolations_before = run.isolations
-    if commit and not run.db.in_transaction():
-        # The batch is a transaction of its own: try it without a savepoint (two
-        # round trips fewer), and on a row error roll back the whole transaction,
-        # which holds nothing else, before bisecting inside savepoints.
-        try:
-            run.db.execute(run.stmt, rows, execution_options=_OPTIONS)
-        except Exception as exc:
-            if not is_row_error(exc):
-                raise
-            run.db.rollback()
-            run.isolate(records, rows, done, exc)
-        else:
-            done.extend(records)
-    else:
+    def __init__(self, run: _Run, *, commit: bool, commit_every: int) -> None:
+        self.run = run
+        self.commit = commit
+        self.commit_every = commit_every
+        self.inserted: list[Any] = []  # committed (or, with commit=False, in the transaction)
+        self.pending: list[Any] = []  # landed in the open transaction, not committed yet
+        self.sent = 0  # rows sent since the last commit
+
+    def feed(self, records: Iterable[Any], size: int) -> None:
+        """Turn records into rows, batch them, and insert every batch."""
+        run = self.run
+        keys = frozenset(run.mapper.column_attrs.keys())
+        good: list[Any] = []
+        rows: list[dict[str, Any]] = []
+        first: Any = None
+        for record in records:
+            row = _as_row(run.mapper, keys, record)
+            if isinstance(row, str):
+                run.failed.append((record, ValueError(row)))
+                continue
+            if not rows:
+                first = row.keys()
+                run.uniform = True
+            elif run.uniform and row.keys() != first:
+                run.uniform = False
+            good.append(record)
+            rows.append(row)
+            if len(rows) == size:
+                self.batch(good, rows)
+                good, rows = [], []
+        if rows:
+            self.batch(good, rows)
+        if self.commit and self.sent:
+            self.flush()
+
+    def batch(self, records: list[Any], rows: list[dict[str, Any]]) -> None:
+        """Insert one batch and commit when enough rows are pending."""
+        run = self.run
+        done: list[Any] = []
+        isolations_before = run.isolations
         run.insert(records, rows, done)
-    if commit:
-        run.db.commit()
-    if run.isolations != isolations_before and len(done) > 1:
-        # Isolation may have landed rows out of order: report them in input order.
-        position = {id(record): i for i, record in enumerate(records)}
-        done.sort(key=lambda record: position[id(record)])
-    inserted.extend(done)
+        if run.isolations != isolations_before and len(done) > 1:
+            # Isolation may have landed rows out of order: report them in input order.
+            position = {id(record): i for i, record in enumerate(records)}
+            done.sort(key=lambda record: position[id(record)])
+        if not self.commit:
+            self.inserted.extend(done)
+            return
+        self.pending.extend(done)
+        self.sent += len(rows)
+        if self.sent >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the open transaction; its rows become inserted."""
+        self.run.db.commit()
+        self.inserted.extend(self.pending)
+        self.pending = []
+        self.sent = 0
 
 
 for _obj in (safe_bulk_insert, is_row_error):
