@@ -37,6 +37,7 @@ __all__ = [
     "CircuitHalfOpened",
     "CircuitOpened",
     "CircuitStateChanged",
+    "CommitResolved",
     "Event",
     "FallbackUsed",
     "RetryGaveUp",
@@ -175,6 +176,21 @@ class BatchItemFailed(Event):
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class CommitResolved(Event):
+    """A COMMIT whose connection was lost was resolved by asking the database.
+
+    ``verdict`` is ``"committed"``, ``"aborted"`` (the unit runs again) or
+    ``"unknown"``; ``method`` is ``"xact_status"`` or ``"commit_marker"``.
+
+    .. versionadded:: 0.2
+    """
+
+    verdict: str
+    method: str
+    exception: BaseException
+
+
 # ---------------------------------------------------------------- subscription
 def subscribe(
     fn: Callable[[Any], object],
@@ -293,6 +309,13 @@ def log_event(event: Event) -> None:  # noqa: C901, PLR0912 - one flat dispatch 
         )
     elif isinstance(event, CallRejected):
         logger.debug("%s rejected a call (%s)", event.name, event.state)
+    elif isinstance(event, CommitResolved):
+        logger.warning(
+            "Connection lost during COMMIT (%s): resolved as %s by %s",
+            event.name,
+            event.verdict,
+            event.method,
+        )
 
 
 # The default subscriber: listens to everything but the per-call success and
@@ -306,6 +329,7 @@ _LOGGED = (
     TimedOut,
     TransactionRolledBack,
     BatchItemFailed,
+    CommitResolved,
 )
 # CallRejected is left out on purpose: an outage rejects many calls, and the
 # rejection path must stay cheap. Subscribe to it explicitly to see them.

@@ -211,7 +211,7 @@ def test_lost_commit_raises_commit_outcome_unknown_without_rerunning(pg, pg_kill
         session.execute(INSERT, {"id": 1, "note": "a"})
 
     with pytest.raises(CommitOutcomeUnknown, match="may or may not have committed") as info:
-        run_transaction(_killing_factory(pg, pg_kill, 1), add)
+        run_transaction(_killing_factory(pg, pg_kill, 1), add, resolve_commits=False)
     assert calls == [1]
     assert isinstance(info.value.__cause__, sa.exc.OperationalError)
     assert info.value.__cause__.connection_invalidated
@@ -431,7 +431,7 @@ async def test_async_lost_commit_raises_or_resolves_with_the_check(apg, pg, pg_k
         return bool((await session.execute(text("SELECT count(*) FROM items"))).scalar())
 
     with pytest.raises(CommitOutcomeUnknown):
-        await arun_transaction(factory, add)
+        await arun_transaction(factory, add, resolve_commits=False)
     await arun_transaction(factory, add, commit_check=committed)
     assert _items(pg) == [(1, "a")]
 

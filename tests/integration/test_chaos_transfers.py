@@ -409,7 +409,7 @@ def dropper_engine(pg_url: str, pg_engine: Any) -> Iterator[tuple[Any, CommitRep
 
 
 def test_commit_whose_reply_is_lost_is_never_applied_twice(dropper_engine, pg_engine):
-    """The server committed but the reply was lost: CommitOutcomeUnknown, or the check says so."""
+    """The COMMIT landed, its reply was lost: unknown, or the check / pg_xact_status tells."""
     engine, proxy = dropper_engine
     calls = []
 
@@ -426,10 +426,12 @@ def test_commit_whose_reply_is_lost_is_never_applied_twice(dropper_engine, pg_en
 
     proxy.armed.set()
     with pytest.raises(CommitOutcomeUnknown) as info:
-        run_transaction(engine, add(1))
+        run_transaction(engine, add(1), resolve_commits=False)
     assert info.value.__cause__.connection_invalidated
     proxy.armed.set()
     assert run_transaction(engine, add(2), commit_check=committed) == 2
-    assert (calls, proxy.dropped) == ([1, 2], 2)  # neither unit ran twice
+    proxy.armed.set()
+    assert run_transaction(engine, add(3)) == 3  # resolved by pg_xact_status
+    assert (calls, proxy.dropped) == ([1, 2, 3], 3)  # no unit ran twice
     with pg_engine.connect() as conn:
-        assert conn.execute(text("SELECT id FROM items ORDER BY id")).scalars().all() == [1, 2]
+        assert conn.execute(text("SELECT id FROM items ORDER BY id")).scalars().all() == [1, 2, 3]

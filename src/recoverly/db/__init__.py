@@ -26,6 +26,8 @@ from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
 from recoverly.db.atomic import atomic_update as atomic_update
 from recoverly.db.bulk import safe_bulk_insert as safe_bulk_insert
+from recoverly.db.commits import install_commit_markers as install_commit_markers
+from recoverly.db.commits import prune_commit_markers as prune_commit_markers
 from recoverly.db.errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from recoverly.db.errors import NestedTransactionError as NestedTransactionError
 from recoverly.db.pool import ConnectionPoolMonitor as ConnectionPoolMonitor
@@ -52,7 +54,9 @@ __all__ = [
     "db_retry",
     "enable_sqlite_savepoints",
     "ensure_connection",
+    "install_commit_markers",
     "is_retryable",
+    "prune_commit_markers",
     "run_transaction",
     "safe_bulk_insert",
     "with_savepoint",

@@ -16,13 +16,17 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from recoverly._core.bus import BUS
 from recoverly._core.clock import Clock
 from recoverly._core.validate import Duration, Problems
 from recoverly.db._classify import FailureKind, classify, is_retryable
+from recoverly.db.commits import CommitMarkerResolver, Resolver, XactStatusResolver
 from recoverly.db.errors import CommitOutcomeUnknown, NestedTransactionError
+from recoverly.events import CommitResolved
 from recoverly.retry import Retry
 
 __all__ = [
+    "RESOLVE_TIMEOUT",
     "Unit",
     "build",
     "check_not_nested",
@@ -34,6 +38,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("recoverly")
+#: Longest wait for a lost COMMIT's answer (the deadline, if shorter, wins).
+RESOLVE_TIMEOUT = 30.0
 #: Name of the run_transaction whose unit of work runs in this thread or task.
 _ACTIVE: ContextVar[str | None] = ContextVar("recoverly_db_run_transaction", default=None)
 _LOST = (FailureKind.CONNECTION_LOST, FailureKind.COMMIT_UNKNOWN)
@@ -47,7 +53,20 @@ def is_lost_commit(exc: BaseException) -> bool:
 class Unit:
     """One call's settings, and the retry decision for its attempts."""
 
-    __slots__ = ("approved", "check", "factory", "idempotent", "isolation_level", "label")
+    __slots__ = (
+        "approved",
+        "check",
+        "clock",
+        "commit_marker",
+        "decided",
+        "factory",
+        "idempotent",
+        "isolation_level",
+        "label",
+        "resolve_commits",
+        "resolve_timeout",
+        "resolver",
+    )
 
     def __init__(
         self,
@@ -56,13 +75,40 @@ class Unit:
         isolation_level: str | None,
         idempotent: bool,
         check: Any,
+        *,
+        commit_marker: bool = False,
+        resolve_commits: bool = True,
+        clock: Clock | None = None,
+        resolve_timeout: float = RESOLVE_TIMEOUT,
     ) -> None:
         self.label = label
         self.factory = factory
         self.isolation_level = isolation_level
         self.idempotent = idempotent
         self.check = check
+        self.commit_marker = commit_marker
+        self.resolve_commits = resolve_commits
+        self.clock = clock
+        self.resolve_timeout = resolve_timeout
+        self.resolver: Resolver | None = None  # chosen at the first attempt
+        self.decided = False
         self.approved: BaseException | None = None  # a lost commit cleared for a retry
+
+    def choose(self, bind: object) -> Resolver | None:
+        """Pick the lost-COMMIT resolver for the session's bind (first attempt only)."""
+        if self.decided:
+            return self.resolver
+        self.decided = True
+        if self.idempotent or self.check is not None:
+            return None
+        engine: Any = getattr(bind, "engine", bind)
+        if self.commit_marker:
+            self.resolver = CommitMarkerResolver(self.clock, self.resolve_timeout, engine)
+        elif self.resolve_commits and getattr(engine, "dialect", None) is not None:
+            dialect = engine.dialect.name
+            if dialect == "postgresql":
+                self.resolver = XactStatusResolver(self.clock, self.resolve_timeout)
+        return self.resolver
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether the attempt that raised ``exc`` is run again."""
@@ -72,6 +118,32 @@ class Unit:
         """Clear a lost commit for a retry and return it, to be raised."""
         self.approved = exc
         return exc
+
+    def hook(self, *, sync: bool) -> Any:
+        """What runs inside the transaction right before COMMIT, if anything."""
+        before = getattr(self.check, "before_commit", None)
+        if before is not None:
+            return before
+        if self.resolver is not None:
+            return self.resolver.before_commit if sync else self.resolver.abefore_commit
+        return None
+
+    def committed(self) -> None:
+        """After a COMMIT that succeeded: the resolver's housekeeping."""
+        if self.resolver is not None:
+            self.resolver.committed()
+
+    def settle(self, lost: BaseException, verdict: bool | None, result: Any) -> Any:
+        """Act on a resolver's verdict: return ``result``, retry, or raise unknown."""
+        method = self.resolver.method if self.resolver is not None else "commit_check"
+        word = {True: "committed", False: "aborted", None: "unknown"}[verdict]
+        if BUS.wants(CommitResolved):
+            BUS.emit(CommitResolved(self.label, word, method, lost))
+        if verdict is True:
+            return result
+        if verdict is False:
+            raise self.retry_lost(lost)
+        raise self.unknown(lost, f"and {method} could not tell in time") from lost
 
     def unknown(self, exc: BaseException, why: str) -> CommitOutcomeUnknown:
         """The error for a lost commit that nothing could resolve."""
@@ -134,9 +206,18 @@ def build(
     retry_args: dict[str, Any],
     *,
     sync: bool,
+    commit_marker: object = False,
+    resolve_commits: object = True,
 ) -> tuple[Unit, Retry]:
     """Check every argument (one error lists them all); return the unit and its policy."""
     p = Problems()
+    for flag, value in (("commit_marker", commit_marker), ("resolve_commits", resolve_commits)):
+        if not isinstance(value, bool):
+            p._bad(f"{flag} must be a bool, got {value!r}", kind=True)
+    if commit_marker is True and commit_check is not None:
+        p._bad(
+            "commit_marker=True and commit_check both say how to resolve a lost COMMIT; pick one"
+        )
     factory = _factory(p, sessions, sync=sync)
     if isolation_level is not None and (
         not isinstance(isolation_level, str) or isolation_level.upper() == "AUTOCOMMIT"
@@ -145,7 +226,21 @@ def build(
     if not isinstance(idempotent, bool):
         p._bad(f"idempotent must be a bool, got {idempotent!r}", kind=True)
     p.optional_callable("commit_check", commit_check)
-    unit = Unit(label, factory, isolation_level, idempotent is True, commit_check)  # type: ignore[arg-type]
+    deadline = retry_args.get("deadline")
+    timeout = RESOLVE_TIMEOUT
+    if isinstance(deadline, int | float) and 0 < deadline < timeout:
+        timeout = float(deadline)
+    unit = Unit(
+        label,
+        factory,
+        isolation_level,  # type: ignore[arg-type]
+        idempotent is True,
+        commit_check,
+        commit_marker=commit_marker is True,
+        resolve_commits=resolve_commits is True,
+        clock=retry_args.get("clock"),
+        resolve_timeout=timeout,
+    )
     policy: Any = None
     try:
         policy = Retry(exceptions=unit.retryable, name=label, _stacklevel=4, **retry_args)

@@ -77,6 +77,7 @@ from recoverly.db._transaction_unit import (
     outer_transaction,
     retry_args,
 )
+from recoverly.db.commits import CommitMarkerResolver, aensure_markers, ensure_markers
 
 __all__ = ["arun_transaction", "run_transaction"]
 
@@ -108,6 +109,10 @@ def _attempt(unit: Unit, fn: Callable[[Session], T]) -> T:
     why = outer_transaction(session)
     if why is not None:
         raise unit.refusal(why)  # not ours: leave it open
+    resolver = unit.choose(_bind(session))
+    if isinstance(resolver, CommitMarkerResolver):
+        ensure_markers(resolver.engine)  # before the unit's transaction: DDL may commit
+    hook = unit.hook(sync=True)
     token = enter(unit.label)
     lost: BaseException | None = None
     try:
@@ -118,9 +123,8 @@ def _attempt(unit: Unit, fn: Callable[[Session], T]) -> T:
         if session.get_transaction() is not tx:
             raise unit.ended_by_fn()
         session.flush()  # a failing flush is an ordinary error, not a lost commit
-        before = getattr(unit.check, "before_commit", None)
-        if before is not None:
-            before(session)
+        if hook is not None:
+            hook(session)
         try:
             session.commit()
         except Exception as exc:
@@ -130,13 +134,25 @@ def _attempt(unit: Unit, fn: Callable[[Session], T]) -> T:
     finally:
         leave(token)
         _close(session, unit.label)
-    return result if lost is None else _resolve(unit, lost, result)
+    if lost is None:
+        unit.committed()
+        return result
+    return _resolve(unit, lost, result)
+
+
+def _bind(session: Session) -> object:
+    try:
+        return session.get_bind()
+    except Exception:  # several binds and no mapper to choose: no automatic resolution
+        return None
 
 
 def _resolve(unit: Unit, lost: BaseException, result: T) -> T:
     """After a lost COMMIT: retry, return ``result``, or raise CommitOutcomeUnknown."""
     if unit.idempotent:
         raise unit.retry_lost(lost)
+    if unit.resolver is not None:
+        return cast("T", unit.settle(lost, unit.resolver.resolve(unit.factory), result))
     if unit.check is None:
         raise unit.unknown(lost, "and the work was not marked idempotent") from lost
     verdict = None
@@ -161,6 +177,8 @@ def run_transaction(
     isolation_level: str | None = None,
     idempotent: bool = False,
     commit_check: Callable[[Session], bool | None] | None = None,
+    commit_marker: bool = False,
+    resolve_commits: bool = True,
     max_attempts: int | None = 10,
     delay: Duration = 0.05,
     backoff: float = 2.0,
@@ -184,6 +202,11 @@ def run_transaction(
         idempotent: Running the unit twice is harmless, so a lost COMMIT is retried.
         commit_check: Called with a fresh session after a lost COMMIT: ``True``
             committed, ``False`` did not, ``None`` unknown.
+        commit_marker: Resolve a lost COMMIT on any database by a token row
+            written in the transaction (see :mod:`recoverly.db.commits`).
+        resolve_commits: On PostgreSQL, resolve a lost COMMIT through
+            ``pg_xact_status`` (one extra round trip per writing transaction;
+            the default). Not used with ``idempotent`` or ``commit_check``.
         max_attempts: Attempts in all (``None``: no limit; then set ``deadline``).
         delay: First wait in seconds.
         backoff: Growth factor of the waits.
@@ -200,7 +223,7 @@ def run_transaction(
     Raises:
         NestedTransactionError: It would run inside a transaction it did not open.
         CommitOutcomeUnknown: The connection was lost during COMMIT and nothing
-            said whether it committed.
+            could say whether it committed.
         ValueError: A setting is out of range (every bad setting is listed).
         TypeError: A setting has the wrong type.
 
@@ -211,7 +234,15 @@ def run_transaction(
     label = name or guess_name(fn)
     args = retry_args(max_attempts, delay, backoff, max_delay, jitter, deadline, clock, random)
     unit, policy = build(
-        sessions, label, isolation_level, idempotent, commit_check, args, sync=True
+        sessions,
+        label,
+        isolation_level,
+        idempotent,
+        commit_check,
+        args,
+        sync=True,
+        commit_marker=commit_marker,
+        resolve_commits=resolve_commits,
     )
     return cast("T", policy.call(_attempt, unit, fn))
 
@@ -225,6 +256,10 @@ async def _aattempt(unit: Unit, fn: Callable[[AsyncSession], Awaitable[T]]) -> T
     why = outer_transaction(session.sync_session)
     if why is not None:
         raise unit.refusal(why)
+    resolver = unit.choose(session.bind)
+    if isinstance(resolver, CommitMarkerResolver):
+        await aensure_markers(resolver.engine)
+    hook = unit.hook(sync=False)
     token = enter(unit.label)
     lost: BaseException | None = None
     try:
@@ -236,9 +271,8 @@ async def _aattempt(unit: Unit, fn: Callable[[AsyncSession], Awaitable[T]]) -> T
         if session.sync_session.get_transaction() is not tx:
             raise unit.ended_by_fn()
         await session.flush()
-        before = getattr(unit.check, "before_commit", None)
-        if before is not None:
-            await before(session)
+        if hook is not None:
+            await hook(session)
         try:
             await session.commit()
         except Exception as exc:
@@ -248,13 +282,17 @@ async def _aattempt(unit: Unit, fn: Callable[[AsyncSession], Awaitable[T]]) -> T
     finally:
         leave(token)
         await _aclose(session, unit.label)
-    return result if lost is None else await _aresolve(unit, lost, result)
+    if lost is None:
+        return result
+    return await _aresolve(unit, lost, result)
 
 
 async def _aresolve(unit: Unit, lost: BaseException, result: T) -> T:
     """Async twin of :func:`_resolve`."""
     if unit.idempotent:
         raise unit.retry_lost(lost)
+    if unit.resolver is not None:
+        return cast("T", unit.settle(lost, await unit.resolver.aresolve(unit.factory), result))
     if unit.check is None:
         raise unit.unknown(lost, "and the work was not marked idempotent") from lost
     verdict = None
@@ -279,6 +317,8 @@ async def arun_transaction(
     isolation_level: str | None = None,
     idempotent: bool = False,
     commit_check: Callable[[AsyncSession], Awaitable[bool | None]] | None = None,
+    commit_marker: bool = False,
+    resolve_commits: bool = True,
     max_attempts: int | None = 10,
     delay: Duration = 0.05,
     backoff: float = 2.0,
@@ -303,6 +343,8 @@ async def arun_transaction(
         idempotent: As for :func:`run_transaction`.
         commit_check: ``async def check(session) -> bool | None``, as for
             :func:`run_transaction`.
+        commit_marker: As for :func:`run_transaction`.
+        resolve_commits: As for :func:`run_transaction`.
         max_attempts: As for :func:`run_transaction`.
         delay: As for :func:`run_transaction`.
         backoff: As for :func:`run_transaction`.
@@ -319,7 +361,7 @@ async def arun_transaction(
     Raises:
         NestedTransactionError: It would run inside a transaction it did not open.
         CommitOutcomeUnknown: The connection was lost during COMMIT and nothing
-            said whether it committed.
+            could say whether it committed.
         ValueError: A setting is out of range (every bad setting is listed).
         TypeError: A setting has the wrong type.
 
@@ -328,7 +370,15 @@ async def arun_transaction(
     label = name or guess_name(fn)
     args = retry_args(max_attempts, delay, backoff, max_delay, jitter, deadline, clock, random)
     unit, policy = build(
-        sessions, label, isolation_level, idempotent, commit_check, args, sync=False
+        sessions,
+        label,
+        isolation_level,
+        idempotent,
+        commit_check,
+        args,
+        sync=False,
+        commit_marker=commit_marker,
+        resolve_commits=resolve_commits,
     )
     return cast("T", await policy.acall(_aattempt, unit, fn))
 
