@@ -43,6 +43,7 @@ bench: $(STAMP)
 bench-db: $(STAMP)
 	$(BIN)/python benchmarks/bench_db_retry.py --write
 	$(BIN)/python benchmarks/bench_db_bulk.py --write
+	$(BIN)/python benchmarks/bench_db_copy.py --write
 	$(BIN)/python benchmarks/bench_db_commit.py --write
 
 clean:

@@ -1,4 +1,6 @@
-"""safe_bulk_insert against a plain bulk INSERT and the row-by-row fallback (PostgreSQL).
+"""safe_bulk_insert (INSERT path) against a plain bulk INSERT and row by row (PostgreSQL).
+
+The COPY path is measured by ``bench_db_copy.py``.
 
 Usage::
 
@@ -91,9 +93,9 @@ def clean_bulk(engine: sa.Engine, rows: list[dict[str, Any]]) -> int:
 
 
 def safe(engine: sa.Engine, rows: list[dict[str, Any]], batch_size: int) -> tuple[int, int]:
-    """safe_bulk_insert; returns (inserted, failed)."""
+    """safe_bulk_insert on its INSERT path; returns (inserted, failed)."""
     with Session(engine) as s:
-        inserted, failed = safe_bulk_insert(s, Row, rows, batch_size)
+        inserted, failed = safe_bulk_insert(s, Row, rows, batch_size, method="insert")
     return len(inserted), len(failed)
 
 
@@ -217,7 +219,7 @@ def _markdown(
     row_full = med["row by row (sample)"] / sample * n
     commit_full = med["row by row, commit each (sample)"] / (sample // 2) * n
     lines = [
-        "## Database: safe_bulk_insert",
+        '## Database: safe_bulk_insert, INSERT path (`method="insert"`)',
         "",
         (
             f"{n:,} rows into PostgreSQL (local server), median of {repeats} interleaved runs, "

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["suspects"]
+__all__ = ["copy_line", "suspects"]
 
 _KEY = re.compile(r"Key \((?P<cols>.+?)\)=\((?P<vals>.*)\) (?:already exists|is not present)")
 _QUOTED = re.compile(r'"(?P<val>[^"]*)"\s*$')
@@ -22,6 +22,7 @@ _NOT_NULL_TEXT = (
     re.compile(r"Column '(?P<col>\w+)' cannot be null"),  # MySQL 1048
 )
 _DUPLICATE_TEXT = re.compile(r"Duplicate entry '(?P<val>.*)' for key")  # MySQL 1062
+_COPY_LINE = re.compile(r"^COPY [^,]+, line (?P<line>\d+)")  # PostgreSQL's COPY error context
 _MAX_SHARE = 0.5  # more suspects than this share of the batch: bisect instead
 
 
@@ -46,6 +47,9 @@ def _from_postgres(err: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
     diag = getattr(err, "diag", None)
     if diag is None or not isinstance(state, str):
         return []
+    line = _COPY_LINE.match(diag.context or "")
+    if line and 0 < int(line["line"]) <= len(rows):  # COPY names the row itself
+        return [int(line["line"]) - 1]
     if state == "23502" and diag.column_name:  # not_null_violation
         return _null_in(rows, diag.column_name)
     match = _KEY.search(diag.message_detail or "")
@@ -66,6 +70,19 @@ def _from_message(text: str, rows: Sequence[dict[str, Any]]) -> list[int]:
             return _null_in(rows, match["col"])
     match = _DUPLICATE_TEXT.search(text)
     return _any_equal(rows, match["val"]) if match else []
+
+
+def copy_line(error: BaseException, rows: Sequence[dict[str, Any]]) -> int | None:
+    """The index of the row a failed COPY names (``COPY t, line N``), if it names one.
+
+    Unlike the other hints this one is certain: the server rejected exactly that
+    row (NOT NULL, CHECK, a unique key, a value it could not parse).
+    """
+    diag = getattr(error, "diag", None)
+    line = _COPY_LINE.match(getattr(diag, "context", None) or "")
+    if line and 0 < int(line["line"]) <= len(rows):
+        return int(line["line"]) - 1
+    return None
 
 
 def suspects(error: BaseException, rows: Sequence[dict[str, Any]]) -> list[int]:

@@ -6,7 +6,10 @@
     for record, error in failed:
         log.error("Record: %s, Error: %s", record, error)
 
-**Fast path.** Each batch is one bulk INSERT of the table (SQLAlchemy Core
+**Fast path.** On PostgreSQL with psycopg 3, each batch is one ``COPY ... FROM
+STDIN`` inside a savepoint (``method="auto"``, see :mod:`recoverly.db._copy`
+for when COPY is exact; a failing COPY names its bad row by line). Elsewhere,
+each batch is one bulk INSERT of the table (SQLAlchemy Core
 ``executemany``: psycopg 3 pipelines it, other drivers use insertmanyvalues or
 their own batching) inside a savepoint, on the session's connection. Mappers
 over several tables (joined inheritance), or batches whose records do not all
@@ -51,31 +54,30 @@ The first commit also commits whatever the caller had pending on the session.
 With ``commit=False`` everything stays in the caller's transaction (still with
 savepoints).
 
-**Batch size.** The default, 200, balances a bad row's re-send (about one
-batch) against the per-batch savepoint and statement overhead; see
-``benchmarks/bench_db_bulk.py`` for the measurements.
+**Batch size.** ``batch_size`` (default 200) is the largest batch. A bad row
+costs about one re-send of its batch, a batch a fixed overhead (savepoint,
+statement), so while many rows turn out bad the batches shrink to about
+``sqrt(75 / bad_share)`` rows (27 at 10 % bad) and grow back as the share
+falls; see ``benchmarks/bench_db_bulk.py`` and ``bench_db_copy.py``.
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import logging
+import math
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.sql.schema import Table
 
 from recoverly._core.validate import Problems
-from recoverly.db._classify import FailureKind, classify
-from recoverly.db._suspects import suspects
+from recoverly.db._bulk_support import as_row, is_row_error, quiet_pipeline, statement
+from recoverly.db._copy import CopyPlan, copy_rows
+from recoverly.db._suspects import copy_line, suspects
 from recoverly.db.savepoint import check_savepoints
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_COMMIT_EVERY", "safe_bulk_insert"]
@@ -86,50 +88,12 @@ R = TypeVar("R")
 DEFAULT_BATCH_SIZE = 200
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
+_OVERHEAD_ROWS = 75  # a batch's fixed cost (savepoint, statement) in rows' worth of time
+_MIN_BATCH = 8
 
 # None means NULL (not "omit the column"), so every row of a batch has the same
 # columns and the batch stays one statement.
 _OPTIONS = {"render_nulls": True}
-_SKIP_DIALECTS: dict[str, Callable[[Any], Any]] = {
-    "postgresql": postgresql.insert,
-    "sqlite": sqlite.insert,
-}
-
-
-def _has_server_code(exc: sa_exc.DBAPIError) -> bool:
-    err = exc.orig
-    if getattr(err, "sqlstate", None) or getattr(err, "pgcode", None):
-        return True
-    if getattr(err, "sqlite_errorcode", None) is not None:
-        return True
-    args: tuple[Any, ...] = getattr(err, "args", ())
-    return bool(args) and isinstance(args[0], int)
-
-
-def is_row_error(exc: BaseException) -> bool:
-    """Whether ``exc`` from a batch INSERT is caused by some rows' data.
-
-    Args:
-        exc: What the INSERT raised.
-
-    Returns:
-        ``True`` for constraint violations, bad values and values the driver
-        refused to bind; ``False`` for everything that is not a property of
-        the rows (transient errors, missing tables, non-SQLAlchemy errors).
-
-    .. versionadded:: 0.1
-    """
-    if not isinstance(exc, sa_exc.StatementError):
-        return False
-    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
-        return True
-    if classify(exc).kind is not FailureKind.NOT_RETRYABLE:
-        return False
-    if not isinstance(exc, sa_exc.DBAPIError):
-        return True  # a Python value could not be converted for its column
-    if isinstance(exc, sa_exc.ProgrammingError | sa_exc.InterfaceError):
-        return not _has_server_code(exc)  # the driver refused to bind a value
-    return False
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -140,35 +104,77 @@ def _note(exc: BaseException, text: str) -> None:
 class _Run:
     """One safe_bulk_insert call: the statements, the results so far, the bisection."""
 
-    __slots__ = ("core", "db", "failed", "isolations", "mapper", "orm", "uniform")
+    __slots__ = (
+        "copy",
+        "core",
+        "db",
+        "failed",
+        "force_copy",
+        "isolations",
+        "mapper",
+        "orm",
+        "uniform",
+    )
 
-    def __init__(self, db: Session, mapper: Mapper[Any], on_conflict: str | None) -> None:
+    def __init__(
+        self, db: Session, mapper: Mapper[Any], on_conflict: str | None, method: str
+    ) -> None:
         self.db = db
         self.mapper = mapper
-        self.orm = _statement(db, mapper, on_conflict, orm=True)
+        self.orm = statement(db, mapper, on_conflict, orm=True)
         # The Core statement skips the ORM's per-call work; it needs one table and
         # attribute names that are column names.
         plain = len(mapper.tables) == 1 and all(
             len(prop.columns) == 1 and prop.columns[0].key == prop.key
             for prop in mapper.column_attrs
         )
-        self.core = _statement(db, mapper, on_conflict, orm=False) if plain else None
+        self.core = statement(db, mapper, on_conflict, orm=False) if plain else None
+        self.copy: CopyPlan | None = None
+        self.force_copy = method == "copy"
+        if method != "insert":
+            dialect = db.get_bind(mapper).dialect
+            usable = plain and on_conflict is None and CopyPlan.possible(dialect)
+            if usable:
+                self.copy = CopyPlan(cast("Table", mapper.local_table), dialect)
+            elif self.force_copy:
+                msg = (
+                    "method='copy' needs PostgreSQL through psycopg 3, a mapper over one "
+                    f"table and no on_conflict; got {dialect.name}+{dialect.driver}"
+                )
+                raise ValueError(msg)
         self.failed: list[tuple[Any, BaseException]] = []
         self.isolations = 0
         self.uniform = True  # every row of the current batch names the same keys
 
     def execute(self, rows: list[dict[str, Any]]) -> None:
-        """One bulk INSERT of ``rows`` in a savepoint of the session's transaction."""
-        if self.core is not None and (self.uniform or len(rows) == 1):
+        """One bulk INSERT (or COPY) of ``rows`` in a savepoint of the session's transaction."""
+        uniform = self.uniform or len(rows) == 1
+        if self.copy is not None and uniform:
+            sql = self.copy.statement(rows[0].keys())
+            if sql is not None:
+                conn = self.db.connection(bind_arguments={"mapper": self.mapper})
+                with conn.begin_nested():
+                    copy_rows(conn, sql, rows)
+                return
+            if self.force_copy:
+                msg = (
+                    f"method='copy' cannot load the columns {sorted(rows[0])} exactly: one "
+                    "converts its values in SQLAlchemy (JSON, enum, custom type) or an "
+                    "omitted one has a Python-side default; use method='auto'"
+                )
+                raise ValueError(msg)
+        if self.core is not None and uniform:
             conn = self.db.connection(bind_arguments={"mapper": self.mapper})
-            with _quiet_pipeline(), conn.begin_nested():
+            with quiet_pipeline(), conn.begin_nested():
                 conn.execute(self.core, rows)
         else:
-            with _quiet_pipeline(), self.db.begin_nested():
+            with quiet_pipeline(), self.db.begin_nested():
                 self.db.execute(self.orm, rows, execution_options=_OPTIONS)
 
     def insert(self, records: list[Any], rows: list[dict[str, Any]], done: list[Any]) -> None:
         """Insert ``rows`` (isolating bad rows); append landed records to ``done``."""
+        if not rows:
+            return
         try:
             self.execute(rows)
         except Exception as exc:
@@ -191,7 +197,18 @@ class _Run:
         one resend of its batch instead of about two with bisection.
         """
         self.isolations += 1
-        hint = suspects(getattr(exc, "orig", None) or exc, rows)
+        error = getattr(exc, "orig", None) or exc
+        line = copy_line(error, rows)
+        if line is not None:
+            # The server named the row: it is not tried again. The rows before it
+            # passed the checks made row by row, so they go back as one batch and
+            # the rest as another: a batch with several bad rows is not re-sent
+            # whole for each of them.
+            self.failed.append((records[line], exc))
+            self.insert(records[:line], rows[:line], done)
+            self.insert(records[line + 1 :], rows[line + 1 :], done)
+            return
+        hint = suspects(error, rows)
         if not hint:
             self.split(records, rows, done)
             return
@@ -208,64 +225,6 @@ class _Run:
         self.insert(records[mid:], rows[mid:], done)
 
 
-class _PipelineNoise(logging.Filter):
-    """Drops psycopg's "error ignored terminating <Pipeline>" warning while a batch runs.
-
-    psycopg 3 logs it when a pipelined ``executemany`` fails; safe_bulk_insert
-    expects that failure and handles it, so the warning would only be noise.
-    The filter is scoped to the thread (and task) inside :func:`_quiet_pipeline`.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep every record except that warning inside a bulk insert."""
-        return not (_IN_BATCH.get() and record.getMessage().startswith("error ignored terminating"))
-
-
-_IN_BATCH: contextvars.ContextVar[bool] = contextvars.ContextVar("recoverly_bulk", default=False)
-logging.getLogger("psycopg").addFilter(_PipelineNoise())
-
-
-@contextlib.contextmanager
-def _quiet_pipeline() -> Iterator[None]:
-    token = _IN_BATCH.set(True)
-    try:
-        yield
-    finally:
-        _IN_BATCH.reset(token)
-
-
-def _statement(db: Session, mapper: Mapper[Any], on_conflict: str | None, *, orm: bool) -> Any:
-    target: Any = mapper if orm else mapper.local_table
-    if on_conflict is None:
-        return insert(target)
-    dialect = db.get_bind(mapper).dialect.name
-    if dialect not in _SKIP_DIALECTS:
-        msg = (
-            f"on_conflict='skip' is supported on PostgreSQL and SQLite, not {dialect!r} "
-            "(MySQL's INSERT IGNORE also hides NOT NULL and data errors)"
-        )
-        raise ValueError(msg)
-    return _SKIP_DIALECTS[dialect](target).on_conflict_do_nothing()
-
-
-def _as_row(mapper: Mapper[Any], keys: frozenset[str], record: object) -> dict[str, Any] | str:
-    """The column values of ``record`` (dict or mapped instance), or why it cannot be used."""
-    if isinstance(record, Mapping):
-        row = dict(record)
-    elif isinstance(record, mapper.class_):
-        state = sa_inspect(record)
-        row = {k: v for k, v in state.dict.items() if k in keys}
-    else:
-        return (
-            f"record must be a mapping or a {mapper.class_.__name__} instance, "
-            f"got {type(record).__name__}"
-        )
-    if not keys.issuperset(row):
-        unknown = sorted(k for k in row if k not in keys)
-        return f"{mapper.class_.__name__} has no column attribute {', '.join(map(repr, unknown))}"
-    return row
-
-
 def safe_bulk_insert(
     db: Session,
     model_class: type[Any],
@@ -275,6 +234,7 @@ def safe_bulk_insert(
     on_conflict: Literal["skip"] | None = None,
     commit: bool = True,
     commit_every: int = DEFAULT_COMMIT_EVERY,
+    method: Literal["auto", "copy", "insert"] = "auto",
 ) -> tuple[list[R], list[tuple[R, BaseException]]]:
     """Insert ``records`` in batches; isolate bad rows and keep the good ones.
 
@@ -295,6 +255,10 @@ def safe_bulk_insert(
         commit_every: With ``commit=True``, commit once at least this many
             rows have been sent since the last commit (``>= 1``; rounded up to
             whole batches).
+        method: ``"auto"`` loads through ``COPY ... FROM STDIN`` where that
+            inserts exactly what INSERT would (PostgreSQL with psycopg 3, see
+            the module docs) and INSERTs elsewhere; ``"copy"`` insists on COPY
+            (``ValueError`` where it cannot be used); ``"insert"`` never COPYs.
 
     Returns:
         ``(inserted, failed)``: the records that landed, in input order per
@@ -313,7 +277,8 @@ def safe_bulk_insert(
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
-       ``commit_every``; batches run as Core INSERTs where the mapping allows.
+       ``commit_every`` and ``method``; batches run as COPY or Core INSERTs
+       where that inserts exactly what the ORM's INSERT would.
     """
     mapper = sa_inspect(model_class, raiseerr=False)
     p = Problems()
@@ -323,11 +288,13 @@ def safe_bulk_insert(
     every = p.int_at_least("commit_every", commit_every, 1)
     if on_conflict not in (None, "skip"):
         p._bad(f"on_conflict must be None or 'skip', got {on_conflict!r}")
+    if method not in ("auto", "copy", "insert"):
+        p._bad(f"method must be 'auto', 'copy' or 'insert', got {method!r}")
     if not isinstance(cast("object", commit), bool):
         p._bad(f"commit must be a bool, got {commit!r}", kind=True)
     p.raise_if_any()
     mapper = cast("Mapper[Any]", mapper)
-    run = _Run(db, mapper, on_conflict)
+    run = _Run(db, mapper, on_conflict, method)
     check_savepoints(db.connection(bind_arguments={"mapper": mapper}))
     load = _Load(run, commit=commit, commit_every=every)
     try:
@@ -346,7 +313,7 @@ def safe_bulk_insert(
 class _Load:
     """Batches the records, commits every ``commit_every`` rows, keeps input order."""
 
-    __slots__ = ("commit", "commit_every", "inserted", "pending", "run", "sent")
+    __slots__ = ("bad_share", "commit", "commit_every", "inserted", "pending", "run", "sent")
 
     def __init__(self, run: _Run, *, commit: bool, commit_every: int) -> None:
         self.run = run
@@ -355,6 +322,7 @@ class _Load:
         self.inserted: list[Any] = []  # committed (or, with commit=False, in the transaction)
         self.pending: list[Any] = []  # landed in the open transaction, not committed yet
         self.sent = 0  # rows sent since the last commit
+        self.bad_share = 0.0  # recent share of bad rows (moving average)
 
     def feed(self, records: Iterable[Any], size: int) -> None:
         """Turn records into rows, batch them, and insert every batch."""
@@ -364,7 +332,7 @@ class _Load:
         rows: list[dict[str, Any]] = []
         first: Any = None
         for record in records:
-            row = _as_row(run.mapper, keys, record)
+            row = as_row(run.mapper, keys, record)
             if isinstance(row, str):
                 run.failed.append((record, ValueError(row)))
                 continue
@@ -375,7 +343,7 @@ class _Load:
                 run.uniform = False
             good.append(record)
             rows.append(row)
-            if len(rows) == size:
+            if len(rows) >= self.size(size):
                 self.batch(good, rows)
                 good, rows = [], []
         if rows:
@@ -383,12 +351,27 @@ class _Load:
         if self.commit and self.sent:
             self.flush()
 
+    def size(self, limit: int) -> int:
+        """Rows for the next batch: ``limit``, smaller while many rows are bad.
+
+        A bad row costs about one re-send of its batch, a batch costs a fixed
+        overhead worth about ``_OVERHEAD_ROWS`` rows; the batch size that
+        minimises both is ``sqrt(_OVERHEAD_ROWS / bad_share)`` (about 270 rows
+        at 0.1 % bad, 27 at 10 %).
+        """
+        if self.bad_share <= 0:
+            return limit
+        return max(_MIN_BATCH, min(limit, round(math.sqrt(_OVERHEAD_ROWS / self.bad_share))))
+
     def batch(self, records: list[Any], rows: list[dict[str, Any]]) -> None:
         """Insert one batch and commit when enough rows are pending."""
         run = self.run
         done: list[Any] = []
         isolations_before = run.isolations
+        failed_before = len(run.failed)
         run.insert(records, rows, done)
+        share = (len(run.failed) - failed_before) / len(rows)
+        self.bad_share = 0.7 * self.bad_share + 0.3 * share
         if run.isolations != isolations_before and len(done) > 1:
             # Isolation may have landed rows out of order: report them in input order.
             position = {id(record): i for i, record in enumerate(records)}
