@@ -22,6 +22,7 @@ if not sqlalchemy.__version__.startswith("2."):  # pragma: no cover - depends on
 
 from recoverly.db._classify import DbFailure as DbFailure
 from recoverly.db._classify import FailureKind as FailureKind
+from recoverly.db._classify import Verdict as Verdict
 from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
 from recoverly.db.atomic import atomic_update as atomic_update
@@ -48,6 +49,7 @@ __all__ = [
     "NestedTransactionError",
     "PoolLeak",
     "Savepoint",
+    "Verdict",
     "arun_transaction",
     "atomic_update",
     "classify",

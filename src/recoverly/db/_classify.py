@@ -24,6 +24,16 @@ kind                   PostgreSQL (SQLSTATE)                        MySQL / Mari
 SQLite: ``SQLITE_BUSY`` (5) and ``SQLITE_LOCKED`` (6), with their extended codes
 ("database is locked", "database table is locked"), are ``BUSY``.
 
+Each kind maps to one :class:`Verdict`, the action it calls for:
+``SERIALIZATION``/``DEADLOCK`` → ``RETRY_TRANSACTION``; ``LOCK_TIMEOUT``,
+``BUSY``, ``POOL_TIMEOUT`` → ``RETRY_WITH_BACKOFF``; ``CONNECTION_LOST`` →
+``RECONNECT_AND_RETRY`` (``RESOLVE_COMMIT`` when it happened during COMMIT);
+``COMMIT_UNKNOWN`` → ``RESOLVE_COMMIT``; the rest → ``NEVER_RETRY``. The table is
+the same for every driver: psycopg 3, psycopg2 and asyncpg on PostgreSQL,
+PyMySQL (and mysqlclient, asyncmy, aiomysql by their errno) on MySQL/MariaDB,
+sqlite3 and aiosqlite; ``tests/db/test_verdicts_real.py`` provokes each error on
+the real servers through each driver installed.
+
 .. versionadded:: 0.1
 """
 
@@ -35,7 +45,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["DbFailure", "FailureKind", "classify", "is_retryable"]
+__all__ = ["DbFailure", "FailureKind", "Verdict", "classify", "is_retryable"]
 
 
 class FailureKind(enum.Enum):
@@ -62,6 +72,36 @@ class FailureKind(enum.Enum):
     """Running it again would fail the same way (constraint, bad data, bad SQL, ...)."""
 
 
+class Verdict(enum.Enum):
+    """What to do about a failure: the action each :class:`FailureKind` calls for.
+
+    .. versionadded:: 0.2
+    """
+
+    RETRY_TRANSACTION = "retry_transaction"
+    """Run the whole transaction again at once (serialization failure, deadlock)."""
+    RETRY_WITH_BACKOFF = "retry_with_backoff"
+    """Wait, then run it again (lock timeout, busy server or file, pool timeout)."""
+    RECONNECT_AND_RETRY = "reconnect_and_retry"
+    """Get a new connection, then run it again (disconnect, server shutting down)."""
+    RESOLVE_COMMIT = "resolve_commit"
+    """Find out whether it committed before doing anything (see run_transaction)."""
+    NEVER_RETRY = "never_retry"
+    """Running it again fails the same way (constraint, data, SQL errors)."""
+
+
+_VERDICTS = {
+    FailureKind.SERIALIZATION: Verdict.RETRY_TRANSACTION,
+    FailureKind.DEADLOCK: Verdict.RETRY_TRANSACTION,
+    FailureKind.LOCK_TIMEOUT: Verdict.RETRY_WITH_BACKOFF,
+    FailureKind.BUSY: Verdict.RETRY_WITH_BACKOFF,
+    FailureKind.POOL_TIMEOUT: Verdict.RETRY_WITH_BACKOFF,
+    FailureKind.CONNECTION_LOST: Verdict.RECONNECT_AND_RETRY,
+    FailureKind.COMMIT_UNKNOWN: Verdict.RESOLVE_COMMIT,
+    FailureKind.NOT_RETRYABLE: Verdict.NEVER_RETRY,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DbFailure:
     """The classification of one exception.
@@ -75,6 +115,15 @@ class DbFailure:
     kind: FailureKind
     code: str | None
     reason: str
+
+    @property
+    def verdict(self) -> Verdict:
+        """The action this failure calls for.
+
+        A connection lost during COMMIT calls for :attr:`Verdict.RESOLVE_COMMIT`
+        too, but only the caller knows that it was a COMMIT.
+        """
+        return _VERDICTS[self.kind]
 
     @property
     def retryable(self) -> bool:
@@ -189,6 +238,6 @@ def is_retryable(exc: BaseException) -> bool:
     return classify(exc).retryable
 
 
-for _obj in (FailureKind, DbFailure, classify, is_retryable):
+for _obj in (FailureKind, Verdict, DbFailure, classify, is_retryable):
     _obj.__module__ = "recoverly.db"
 del _obj
