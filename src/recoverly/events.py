@@ -38,6 +38,7 @@ __all__ = [
     "CircuitOpened",
     "CircuitStateChanged",
     "CommitResolved",
+    "ConnectionInvalidated",
     "Event",
     "FallbackUsed",
     "RetryGaveUp",
@@ -189,6 +190,19 @@ class CommitResolved(Event):
     verdict: str
     method: str
     exception: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInvalidated(Event):
+    """A pooled connection was invalidated (lost, or discarded after an error).
+
+    ``in_use``: it was checked out at the time. ``exception``: why, if known.
+
+    .. versionadded:: 0.2
+    """
+
+    in_use: bool
+    exception: BaseException | None
 
 
 # ---------------------------------------------------------------- subscription

@@ -33,6 +33,7 @@ from sqlalchemy.pool import Pool, QueuePool
 
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
+from recoverly.db._pool_counts import PoolCounts
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -170,6 +171,7 @@ class ConnectionPoolMonitor:
         "_out",
         "_pool",
         "_untracked",
+        "counts",
         "leak_timeout",
         "name",
         "warn_threshold",
@@ -211,9 +213,13 @@ class ConnectionPoolMonitor:
             ("checkout", self._on_checkout),
             ("checkin", self._on_checkin),
             ("detach", self._on_detach),
+            ("invalidate", self._on_invalidate),
+            ("soft_invalidate", self._on_invalidate),
         )
         for identifier, fn in self._listeners:
             event.listen(pool, identifier, fn)
+        self.counts = PoolCounts(self.name, clock)
+        self.counts.time_checkouts(pool)
         self._crossed()
 
     # ------------------------------------------------------------ pool events
@@ -235,6 +241,13 @@ class ConnectionPoolMonitor:
                 self._untracked -= 1
         # The pool counts this connection as out until the event returns.
         self._crossed(returning=1)
+
+    def _on_invalidate(
+        self, _dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+    ) -> None:
+        with self._lock:
+            in_use = id(record) in self._out
+        self.counts.invalidated(in_use, exception)
 
     def _on_detach(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         with self._lock:
@@ -291,7 +304,10 @@ class ConnectionPoolMonitor:
     # ------------------------------------------------------------ public
     def _current_pool(self) -> Pool:
         """The engine's pool now (``engine.dispose()`` replaces it)."""
-        return _pool_of(self._engine) or self._pool
+        pool = _pool_of(self._engine) or self._pool
+        if not self._closed:
+            self.counts.time_checkouts(pool)
+        return pool
 
     @property
     def closed(self) -> bool:
@@ -360,7 +376,11 @@ class ConnectionPoolMonitor:
         ``leaks`` (how many connections are out longer than ``leak_timeout``),
         ``unavailable`` (the fields this pool cannot report, which are
         ``None``) and ``note`` (why, in words; ``None`` when nothing is
-        missing). Without a bound (a pool that is not a ``QueuePool``,
+        missing). Counters: ``invalidated_in_use`` / ``invalidated_idle``
+        (connections invalidated while checked out / idle), ``checkout_wait``
+        (``count``, ``total``, ``max``, ``mean`` seconds waited for a
+        connection), ``retries_by_verdict`` and ``commits_resolved`` (for the
+        whole process, from the event stream). Without a bound (a pool that is not a ``QueuePool``,
         ``pool_size=0`` or ``max_overflow=-1``) ``capacity`` and
         ``utilization`` are ``None`` and no exhaustion warning is logged. For
         a pool that is not a ``QueuePool``, ``checked_out`` counts the
@@ -392,6 +412,7 @@ class ConnectionPoolMonitor:
                 f"{type(pool).__name__} does not report its size or idle connections; "
                 "checked_out counts the checkouts this monitor saw"
             )
+        info.update(self.counts.snapshot())
         info.update(
             warn_threshold=self.warn_threshold,
             leaks=leaks,
@@ -407,6 +428,7 @@ class ConnectionPoolMonitor:
                 return
             self._closed = True
             self._out.clear()
+        self.counts.stop()
         for target in {id(p): p for p in (self._pool, self._current_pool())}.values():
             for identifier, fn in self._listeners:
                 if event.contains(target, identifier, fn):
