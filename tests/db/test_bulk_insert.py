@@ -519,3 +519,21 @@ def test_batches_shrink_while_many_rows_are_bad_and_every_good_row_lands(pg):
     assert sizes[0] == 200
     assert max(sizes[len(sizes) // 2 :]) < 60  # sqrt(75 / 0.2) is about 19
     assert len(_codes(pg)) == 1600
+
+
+def test_mariadb_check_and_strict_mode_errors_are_row_errors(request):
+    """MariaDB reports a failed CHECK as OperationalError 4025: still the row's fault, isolated."""
+    engine = _engine(request, "mysql")
+    with Session(engine) as s:
+        s.add(Parent(id=1))
+        s.commit()
+    rows = [{"id": i, "code": f"c{i}", "qty": i, "parent_id": 1} for i in range(1, 101)]
+    rows[10] = {**rows[10], "qty": -1}  # CHECK
+    rows[20] = {**rows[20], "parent_id": 9}  # foreign key
+    rows[30] = {**rows[30], "qty": "many"}  # strict mode: incorrect integer value
+    with Session(engine) as s:
+        inserted, failed = safe_bulk_insert(s, Child, rows, batch_size=50)
+    assert sorted(r["id"] for r, _ in failed) == [11, 21, 31]
+    assert len(inserted) == 97
+    with Session(engine) as s:
+        assert s.scalar(select(sa.func.count()).select_from(Child)) == 97

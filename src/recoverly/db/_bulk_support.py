@@ -18,6 +18,8 @@ from recoverly.db._classify import FailureKind, classify
 
 __all__ = ["as_row", "is_row_error", "quiet_pipeline", "statement"]
 
+_MYSQL_ROW_ERRORS = frozenset({4025, 3819, 1366, 1292, 1265, 1264, 1406})
+
 _SKIP_DIALECTS: dict[str, Callable[[Any], Any]] = {
     "postgresql": postgresql.insert,
     "sqlite": sqlite.insert,
@@ -57,7 +59,11 @@ def is_row_error(exc: BaseException) -> bool:
         return True  # a Python value could not be converted for its column
     if isinstance(exc, sa_exc.ProgrammingError | sa_exc.InterfaceError):
         return not _has_server_code(exc)  # the driver refused to bind a value
-    return False
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    # MySQL/MariaDB report some row errors as OperationalError: a failed CHECK
+    # constraint (MariaDB 4025, MySQL 3819), a value the column cannot take in
+    # strict mode (1366 incorrect value, 1292 incorrect datetime, 1265 truncated).
+    return bool(args) and args[0] in _MYSQL_ROW_ERRORS
 
 
 class _PipelineNoise(logging.Filter):
