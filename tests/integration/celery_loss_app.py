@@ -1,0 +1,108 @@
+"""The Celery app that test_celery_worker_loss.py runs in real worker processes.
+
+Configured through environment variables set by the test:
+
+- ``LOSS_BROKER_URL``  the broker (Redis or RabbitMQ)
+- ``LOSS_REDIS_URL``   Redis for the result backend and the task store
+- ``LOSS_PREFIX``      key prefix of this test run (store keys and observation lists)
+- ``LOSS_QUEUE``       the queue of this test run
+- ``LOSS_CKPT_ROOT``   the checkpoint root
+- ``LOSS_STEP_SECONDS`` how long one training step takes
+
+The task appends to Redis lists the test reads: ``<prefix>:starts`` (the step each
+delivery started from) and ``<prefix>:begun`` (each step as it begins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import redis
+
+from celery import Celery
+from recoverly.celery import RedisTaskStore, configure_app, resilient_task
+
+BROKER = os.environ.get("LOSS_BROKER_URL", "redis://127.0.0.1:6379/1")
+REDIS_URL = os.environ.get("LOSS_REDIS_URL", "redis://127.0.0.1:6379/1")
+PREFIX = os.environ.get("LOSS_PREFIX", "test:celery-loss")
+QUEUE = os.environ.get("LOSS_QUEUE", "celery-loss")
+CKPT_ROOT = os.environ.get("LOSS_CKPT_ROOT", "/tmp/celery-loss")  # noqa: S108 - overridden
+STEP_SECONDS = float(os.environ.get("LOSS_STEP_SECONDS", "0.3"))
+LEASE_SECONDS = 2.0
+
+app = Celery("celery_loss_app", broker=BROKER, backend=REDIS_URL)
+configure_app(app, visibility_timeout=4.0 if BROKER.startswith("redis") else None)
+app.conf.task_default_queue = QUEUE
+app.conf.broker_connection_retry_on_startup = True
+app.conf.result_expires = 600
+if BROKER.startswith("redis"):
+    # Look for expired unacknowledged messages every second (default: rarely).
+    app.conf.broker_transport_options.update(unacked_restore_interval=1, unacked_restore_throttle=1)
+
+client = redis.Redis.from_url(REDIS_URL)
+store = RedisTaskStore(client, prefix=PREFIX, result_ttl=600, state_ttl=600)
+
+
+class JsonCheckpoints:
+    """A minimal stand-in for CheckpointManager: one JSON file, replaced atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "latest.json"
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def load_latest(self) -> Any:
+        if not self.path.exists():
+            return None
+        data = json.loads(self.path.read_text())
+        return SimpleNamespace(step=data["step"], state=data["state"])
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump({"step": step, "state": state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        pass
+
+
+def checkpoints_for(task: Any) -> Any:
+    """recoverly.training's CheckpointManager on the task's directory, if importable."""
+    try:
+        return task.checkpoints(keep_last=2)
+    except ImportError:
+        return JsonCheckpoints(task.checkpoint_dir)
+
+
+@resilient_task(
+    app,
+    store=store,
+    lease_seconds=LEASE_SECONDS,
+    max_redeliveries=2,
+    checkpoint_root=CKPT_ROOT,
+    name="loss.train",
+)
+def train(self: Any, steps: int) -> dict[str, Any]:
+    """Sum the step numbers, one step at a time, checkpointing after every step."""
+    checkpoints = checkpoints_for(self)
+    latest = checkpoints.load_latest()
+    start = latest.step if latest is not None else 0
+    total = latest.state["total"] if latest is not None else 0
+    client.rpush(f"{PREFIX}:starts", start)
+    for step in range(start, steps):
+        self.lease.check()
+        client.rpush(f"{PREFIX}:begun", step)
+        time.sleep(STEP_SECONDS)  # the work of one step
+        total += step
+        checkpoints.save(step + 1, {"total": total})
+    checkpoints.close()
+    # The side effect lands in the same transaction as the result, under the fence.
+    self.commit_with(lambda pipe: pipe.rpush(f"{PREFIX}:effects", f"total={total}"))
+    return {"total": total, "resumed_from": start, "token": self.fencing_token}
