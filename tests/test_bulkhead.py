@@ -356,3 +356,37 @@ def test_unnamed_bulkheads_take_the_decorated_function_name():
         """Nothing."""
 
     assert bulkhead.statistics().name.endswith("export")
+
+
+def test_an_interrupted_thread_leaves_the_queue(monkeypatch):
+    """A KeyboardInterrupt while queued removes the waiter and propagates unchanged."""
+    bulkhead = Bulkhead(1, max_queue=2)
+
+    def interrupted(self, timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ThreadWaiter, "wait", interrupted)
+    with bulkhead:
+        with pytest.raises(KeyboardInterrupt), bulkhead:
+            pass
+        assert bulkhead.statistics().queued == 0
+    stats = bulkhead.statistics()
+    assert (stats.active, stats.queued, stats.rejected) == (0, 0, 0)
+
+
+def test_a_slot_granted_as_the_wait_times_out_is_kept():
+    """If the slot arrives just as the wait times out, the caller keeps it: no rejection."""
+    core = BulkheadCore(1, 1)
+    assert core.enter(ThreadWaiter) is None
+    waiter = core.enter(ThreadWaiter)
+    assert isinstance(waiter, ThreadWaiter)
+    core.leave()  # hands the slot over ...
+    assert core.time_out(waiter)  # ... before the timed-out waiter looks
+    assert core.snapshot() == (1, 0, 2, 0, 0)
+
+
+def test_bulkhead_events_are_logged_at_debug_level(caplog):
+    """The default log subscriber words BulkheadWaited when it is passed one."""
+    caplog.set_level("DEBUG", logger="recoverly")
+    ev.log_event(ev.BulkheadWaited("reports", 0.25))
+    assert caplog.messages == ["reports: got a slot after 0.25s in the queue"]

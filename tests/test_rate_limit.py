@@ -361,3 +361,24 @@ def test_subscribers_see_only_what_they_asked_for(clock):
     limiter.try_acquire()
     limiter.acquire()
     assert [type(e) for e in seen] == [events.RateLimitDelayed]
+
+
+def test_rate_limit_waits_are_logged_at_debug_level(caplog):
+    """The default log subscriber words RateLimitDelayed when it is passed one."""
+    caplog.set_level("DEBUG", logger="recoverly")
+    events.log_event(events.RateLimitDelayed("api", "alice", 2, 0.5))
+    assert caplog.messages == ["api: waiting 0.5s for 2 token(s)"]
+
+
+@pytest.mark.realtime
+def test_acquire_really_sleeps_on_the_system_clock():
+    """On the real clock, three acquisitions at 20 per second with burst 1 take >= 0.1 s."""
+    from recoverly._core.clock import SystemClock
+
+    clock = SystemClock()
+    limiter = RateLimiter(20, per=1.0, burst=1, clock=clock)
+    started = clock.monotonic()
+    waited = sum(limiter.acquire() for _ in range(3))
+    elapsed = clock.monotonic() - started
+    assert waited == pytest.approx(0.1, abs=0.01)
+    assert elapsed >= 0.095

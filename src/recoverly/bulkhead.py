@@ -50,6 +50,8 @@ T = TypeVar("T")
 #: The registry kind of bulkheads.
 KIND: Final = "bulkhead"
 
+_new_error = BulkheadFullError.__new__
+
 
 @dataclass(frozen=True, slots=True)
 class BulkheadStatistics:
@@ -152,7 +154,9 @@ class Bulkhead:
     def _reject(self, state: str) -> BulkheadFullError:
         if BUS.wants(CallRejected):
             BUS.emit(CallRejected(self._label, KIND, state, None))
-        return BulkheadFullError(name=self._label, state=state)
+        # Built without __init__ and worded only if someone reads str(exc): a full
+        # bulkhead rejects many calls, so this path stays cheap.
+        return _new_error(BulkheadFullError, None, self._label, state, None)
 
     def _now(self) -> float:
         return (self._clock or DEFAULT_CLOCK[0]).monotonic()
@@ -170,10 +174,15 @@ class Bulkhead:
             self._core.leave()
 
     # ------------------------------------------------------------ drivers
+    # Both drivers start with `core.enter(...)`, which returns None when a slot
+    # was free; the decorators inline that call and come here only otherwise.
     def _enter(self) -> None:
         waiter = self._core.enter(ThreadWaiter)
-        if waiter is None:
-            return
+        if waiter is not None:
+            self._wait(waiter)
+
+    def _wait(self, waiter: Waiter) -> None:
+        """Wait in the queue for a slot (sync), or raise the rejection."""
         if waiter is FULL:
             raise self._reject("full")
         started = self._now()
@@ -186,8 +195,11 @@ class Bulkhead:
 
     async def _aenter(self) -> None:
         waiter = self._core.enter(async_waiter)
-        if waiter is None:
-            return
+        if waiter is not None:
+            await self._await(waiter)
+
+    async def _await(self, waiter: Waiter) -> None:
+        """Wait in the queue for a slot (async), or raise the rejection."""
         if waiter is FULL:
             raise self._reject("full")
         started = self._now()
@@ -207,13 +219,16 @@ class Bulkhead:
         kind = decoratable_kind("Bulkhead", fn)
         if self.name is None and self._label == "Bulkhead":
             self._label = guess_name(fn)
-        enter, aenter, leave = self._enter, self._aenter, self._core.leave
+        enter, leave = self._core.enter, self._core.leave
         if kind is Kind.ASYNC:
             afn = cast("Callable[..., Awaitable[Any]]", fn)
+            slow_async = self._await
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                await aenter()
+                waiter = enter(async_waiter)
+                if waiter is not None:
+                    await slow_async(waiter)
                 try:
                     return await afn(*args, **kwargs)
                 finally:
@@ -221,9 +236,13 @@ class Bulkhead:
 
             return cast("Callable[P, T]", async_wrapper)
 
+        slow = self._wait
+
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            enter()
+            waiter = enter(ThreadWaiter)
+            if waiter is not None:
+                slow(waiter)
             try:
                 return fn(*args, **kwargs)
             finally:

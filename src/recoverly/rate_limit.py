@@ -36,7 +36,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
@@ -46,6 +45,7 @@ from recoverly._core.clock import DEFAULT_CLOCK, Clock
 from recoverly._core.registry import REGISTRY
 from recoverly._core.validate import Problems
 from recoverly._rate_store import SLACK
+from recoverly._rate_support import UNSET, RateLimiterStatistics, count_of, positive_number
 from recoverly.errors import RateLimitExceeded
 from recoverly.events import CallRejected, RateLimitDelayed
 from recoverly.stores import InMemoryLimiterStore, LimiterStore
@@ -62,49 +62,6 @@ T = TypeVar("T")
 KIND: Final = "rate_limiter"
 _STRATEGY: Final = "rate_limit"
 _STATE: Final = "exhausted"
-
-
-class _Unset:
-    """The default of ``acquire(timeout=...)``: use the limiter's own timeout."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-_UNSET: Final = _Unset()
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimiterStatistics:
-    """A snapshot of a :class:`RateLimiter`.
-
-    Attributes:
-        name: The limiter's label.
-        rate: Tokens per ``per`` seconds.
-        per: The period of ``rate``, in seconds.
-        burst: The bucket size: tokens that may be taken at once.
-        available: Tokens free now in the shared bucket (``key=None``).
-        admitted: Acquisitions granted since the limiter was created.
-        rejected: Acquisitions refused (``try_acquire`` false or ``RateLimitExceeded``).
-        delayed: Sleeps taken by callers waiting for tokens.
-
-    .. versionadded:: 0.2
-    """
-
-    name: str
-    rate: float
-    per: float
-    burst: int
-    available: float
-    admitted: int
-    rejected: int
-    delayed: int
-
-
-def _count(counter: itertools.count[int]) -> int:
-    return int(repr(counter)[6:-1])  # "count(N)": read without consuming
 
 
 class RateLimiter:
@@ -167,7 +124,7 @@ class RateLimiter:
         clock: Clock | None = None,
     ) -> None:
         p = Problems()
-        self.rate = _positive_number(p, "rate", rate)
+        self.rate = positive_number(p, "rate", rate)
         self.per = p.duration("per", per, positive=True) or 1.0
         self.burst = max(1, int(self.rate)) if burst is None else p.int_at_least("burst", burst, 1)
         self.name = p.optional_name("name", name)
@@ -206,7 +163,7 @@ class RateLimiter:
         return tokens
 
     def _deadline(self, clock: Clock, timeout: object) -> float | None:
-        if timeout is _UNSET:
+        if timeout is UNSET:
             seconds = self.timeout
         else:
             p = Problems()
@@ -267,7 +224,7 @@ class RateLimiter:
             BUS.emit(CallRejected(self._label, _STRATEGY, _STATE, retry_after))
         return False
 
-    def acquire(self, tokens: int = 1, *, timeout: Any = _UNSET, key: Hashable = None) -> float:
+    def acquire(self, tokens: int = 1, *, timeout: Any = UNSET, key: Hashable = None) -> float:
         """Take ``tokens`` from ``key``'s bucket, sleeping until they are free.
 
         Args:
@@ -295,7 +252,7 @@ class RateLimiter:
         return waited
 
     async def aacquire(
-        self, tokens: int = 1, *, timeout: Any = _UNSET, key: Hashable = None
+        self, tokens: int = 1, *, timeout: Any = UNSET, key: Hashable = None
     ) -> float:
         """Async twin of :meth:`acquire`: awaits the clock's ``asleep`` (asyncio or Trio).
 
@@ -393,9 +350,9 @@ class RateLimiter:
             per=self.per,
             burst=self.burst,
             available=self.available(),
-            admitted=_count(self._admitted),
-            rejected=_count(self._rejected),
-            delayed=_count(self._delayed),
+            admitted=count_of(self._admitted),
+            rejected=count_of(self._rejected),
+            delayed=count_of(self._delayed),
         )
 
     def __repr__(self) -> str:
@@ -404,16 +361,6 @@ class RateLimiter:
             f"<RateLimiter {s.name!r} {s.rate:g}/{s.per:g}s burst={s.burst} "
             f"available={s.available:.3g} admitted={s.admitted} rejected={s.rejected}>"
         )
-
-
-def _positive_number(p: Problems, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        p._bad(f"{name} must be a number > 0, got {value!r}", kind=True)
-        return 1.0
-    if not math.isfinite(value) or value <= 0:
-        p._bad(f"{name} must be a finite number > 0, got {value!r}")
-        return 1.0
-    return float(value)
 
 
 RateLimiter.__module__ = "recoverly"
