@@ -176,3 +176,35 @@ def test_threads_and_asyncio_tasks_are_counted_together():
     assert gauge.calls == 400
     stats = bulkhead.statistics()
     assert (stats.active, stats.queued, stats.admitted) == (0, 0, 400)
+
+
+def test_threads_and_trio_tasks_are_counted_together():
+    """A slot freed by a thread wakes a Trio task through the run's token."""
+    trio = pytest.importorskip("trio")
+    bulkhead = Bulkhead(2, max_queue=None, queue_timeout=None)
+    gauge = Gauge()
+
+    def sync_work() -> None:
+        with bulkhead, gauge:
+            threading.Event().wait(0.0005)
+
+    async def trio_work() -> None:
+        async with bulkhead:
+            with gauge:
+                await trio.sleep(0.0001)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(100):
+                nursery.start_soon(trio_work)
+
+    threads = [threading.Thread(target=lambda: [sync_work() for _ in range(20)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    trio.run(main)
+    for t in threads:
+        t.join()
+    assert gauge.peak == 2
+    assert gauge.calls == 180
+    stats = bulkhead.statistics()
+    assert (stats.active, stats.queued, stats.admitted) == (0, 0, 180)
