@@ -390,3 +390,13 @@ def test_bulkhead_events_are_logged_at_debug_level(caplog):
     caplog.set_level("DEBUG", logger="recoverly")
     ev.log_event(ev.BulkheadWaited("reports", 0.25))
     assert caplog.messages == ["reports: got a slot after 0.25s in the queue"]
+
+
+def test_releasing_a_slot_that_was_never_taken_is_an_error():
+    """An unmatched __exit__ raises RuntimeError instead of corrupting the count."""
+    bulkhead = Bulkhead(1)
+    with pytest.raises(RuntimeError, match="released more often than it was taken"):
+        bulkhead.__exit__(None, None, None)
+    assert bulkhead.statistics().active == 0
+    with bulkhead:
+        assert bulkhead.statistics().active == 1

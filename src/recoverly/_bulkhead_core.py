@@ -169,6 +169,9 @@ class BulkheadCore:
         while True:
             with self._lock:
                 if not self.queue:
+                    if self.active <= 0:
+                        msg = "Bulkhead slot released more often than it was taken"
+                        raise RuntimeError(msg)
                     self.active -= 1
                     return
                 waiter = self.queue.popleft()
