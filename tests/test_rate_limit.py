@@ -382,3 +382,22 @@ def test_acquire_really_sleeps_on_the_system_clock():
     elapsed = clock.monotonic() - started
     assert waited == pytest.approx(0.1, abs=0.01)
     assert elapsed >= 0.095
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_takes_nothing():
+    """Cancelling a task while it sleeps for tokens leaves the bucket as it was."""
+    import anyio
+
+    clock = ManualClock()
+    store = InMemoryLimiterStore()
+    limiter = RateLimiter(1, per=10.0, store=store, clock=clock)
+    limiter.acquire()
+    before = dict(store._tats)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.aacquire()
+    assert scope.cancelled_caught
+    assert store._tats == before
+    stats = limiter.statistics()
+    assert (stats.admitted, stats.delayed) == (1, 1)
