@@ -110,7 +110,7 @@ class Bulkhead:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("__weakref__", "_clock", "_core", "_label", "name", "queue_timeout")
+    __slots__ = ("__weakref__", "_clock", "_core", "_label", "_queue_timeout", "name")
 
     def __init__(
         self,
@@ -124,7 +124,7 @@ class Bulkhead:
         p = Problems()
         limit = p.int_at_least("max_concurrent", max_concurrent, 1)
         queue = p.optional_int_at_least("max_queue", max_queue, 0)
-        self.queue_timeout = p.optional_duration("queue_timeout", queue_timeout)
+        self._queue_timeout = p.optional_duration("queue_timeout", queue_timeout)
         self.name = p.optional_name("name", name)
         if clock is not None and not isinstance(cast("object", clock), Clock):
             p._bad(f"clock must be a Clock or None, got {clock!r}", kind=True)
@@ -149,6 +149,11 @@ class Bulkhead:
     def max_queue(self) -> int | None:
         """Calls that may wait for a slot (``None``: no limit)."""
         return self._core.max_queue
+
+    @property
+    def queue_timeout(self) -> float | None:
+        """The longest a queued call waits, in seconds (``None``: no limit)."""
+        return self._queue_timeout
 
     # ------------------------------------------------------------ outcomes
     def _reject(self, state: str) -> BulkheadFullError:
@@ -187,7 +192,7 @@ class Bulkhead:
             raise self._reject("full")
         started = self._now()
         try:
-            got_slot = cast("ThreadWaiter", waiter).wait(self.queue_timeout)
+            got_slot = cast("ThreadWaiter", waiter).wait(self._queue_timeout)
         except BaseException:
             self._interrupted(waiter)
             raise
@@ -204,7 +209,7 @@ class Bulkhead:
             raise self._reject("full")
         started = self._now()
         try:
-            got_slot = await cast("Any", waiter).wait(self.queue_timeout)
+            got_slot = await cast("Any", waiter).wait(self._queue_timeout)
         except BaseException:
             self._interrupted(waiter)
             raise

@@ -97,18 +97,18 @@ class RateLimiter:
     __slots__ = (
         "__weakref__",
         "_admitted",
+        "_burst",
         "_clock",
         "_delayed",
         "_interval",
+        "_key",
         "_label",
+        "_per",
+        "_rate",
         "_rejected",
         "_store",
-        "burst",
-        "key",
+        "_timeout",
         "name",
-        "per",
-        "rate",
-        "timeout",
     )
 
     def __init__(
@@ -124,20 +124,22 @@ class RateLimiter:
         clock: Clock | None = None,
     ) -> None:
         p = Problems()
-        self.rate = positive_number(p, "rate", rate)
-        self.per = p.duration("per", per, positive=True) or 1.0
-        self.burst = max(1, int(self.rate)) if burst is None else p.int_at_least("burst", burst, 1)
+        self._rate = positive_number(p, "rate", rate)
+        self._per = p.duration("per", per, positive=True) or 1.0
+        self._burst = (
+            max(1, int(self._rate)) if burst is None else p.int_at_least("burst", burst, 1)
+        )
         self.name = p.optional_name("name", name)
-        self.key = p.optional_callable("key", key)
-        self.timeout = p.optional_duration("timeout", timeout)
+        self._key = p.optional_callable("key", key)
+        self._timeout = p.optional_duration("timeout", timeout)
         if clock is not None and not isinstance(cast("object", clock), Clock):
             p._bad(f"clock must be a Clock or None, got {clock!r}", kind=True)
         self._clock = clock
         if store is not None and not isinstance(cast("object", store), LimiterStore):
             p._bad(f"store must be a LimiterStore or None, got {store!r}", kind=True)
-        self._interval = self.per / self.rate
+        self._interval = self._per / self._rate
         if not p.messages and not (0 < self._interval < math.inf):
-            p._bad(f"per / rate must be a finite interval > 0, got {self.per!r} / {self.rate!r}")
+            p._bad(f"per / rate must be a finite interval > 0, got {self._per!r} / {self._rate!r}")
         p.raise_if_any()
         self._store: LimiterStore = store if store is not None else InMemoryLimiterStore()
         self._label = self.name or "RateLimiter"
@@ -152,19 +154,45 @@ class RateLimiter:
                 stacklevel=2,
             )
 
+    # ------------------------------------------------------------ settings, read-only
+    @property
+    def rate(self) -> float:
+        """Tokens added per :attr:`per` seconds."""
+        return self._rate
+
+    @property
+    def per(self) -> float:
+        """The period of :attr:`rate`, in seconds."""
+        return self._per
+
+    @property
+    def burst(self) -> int:
+        """The bucket size: the most tokens that may be taken at once."""
+        return self._burst
+
+    @property
+    def key(self) -> Callable[..., Hashable] | None:
+        """The decorator's key function (``None``: one shared bucket)."""
+        return self._key
+
+    @property
+    def timeout(self) -> float | None:
+        """The default longest wait for tokens, in seconds (``None``: no limit)."""
+        return self._timeout
+
     # ------------------------------------------------------------ decisions
     def _check_tokens(self, tokens: object) -> int:
         if isinstance(tokens, bool) or not isinstance(tokens, int):
             msg = f"tokens must be an integer >= 1, got {tokens!r}"
             raise TypeError(msg)
-        if not 1 <= tokens <= self.burst:
-            msg = f"tokens must be an integer in [1, burst={self.burst}], got {tokens!r}"
+        if not 1 <= tokens <= self._burst:
+            msg = f"tokens must be an integer in [1, burst={self._burst}], got {tokens!r}"
             raise ValueError(msg)
         return tokens
 
     def _deadline(self, clock: Clock, timeout: object) -> float | None:
         if timeout is UNSET:
-            seconds = self.timeout
+            seconds = self._timeout
         else:
             p = Problems()
             seconds = p.optional_duration("timeout", timeout)
@@ -188,7 +216,7 @@ class RateLimiter:
             RateLimitExceeded: The tokens would be free only after ``deadline``.
         """
         now = clock.monotonic()
-        admitted, retry_after = self._store.take(key, tokens, now, self._interval, self.burst)
+        admitted, retry_after = self._store.take(key, tokens, now, self._interval, self._burst)
         if admitted:
             next(self._admitted)
             return 0.0
@@ -214,7 +242,7 @@ class RateLimiter:
             self._check_tokens(tokens)
         clock = self._clock or DEFAULT_CLOCK[0]
         admitted, retry_after = self._store.take(
-            key, tokens, clock.monotonic(), self._interval, self.burst
+            key, tokens, clock.monotonic(), self._interval, self._burst
         )
         if admitted:
             next(self._admitted)
@@ -285,7 +313,7 @@ class RateLimiter:
         kind = decoratable_kind("RateLimiter", fn)
         if self.name is None and self._label == "RateLimiter":
             self._label = guess_name(fn)
-        key_of = self.key
+        key_of = self._key
         if kind is Kind.ASYNC:
             afn = cast("Callable[..., Awaitable[Any]]", fn)
 
@@ -336,7 +364,7 @@ class RateLimiter:
     def available(self, key: Hashable = None) -> float:
         """Return the tokens free now in ``key``'s bucket (``0.0`` to ``burst``)."""
         clock = self._clock or DEFAULT_CLOCK[0]
-        return self._store.available(key, clock.monotonic(), self._interval, self.burst)
+        return self._store.available(key, clock.monotonic(), self._interval, self._burst)
 
     def reset(self) -> None:
         """Refill every bucket (forget every key)."""
@@ -348,7 +376,7 @@ class RateLimiter:
             name=self._label,
             rate=self.rate,
             per=self.per,
-            burst=self.burst,
+            burst=self._burst,
             available=self.available(),
             admitted=count_of(self._admitted),
             rejected=count_of(self._rejected),
