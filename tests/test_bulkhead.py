@@ -400,3 +400,12 @@ def test_releasing_a_slot_that_was_never_taken_is_an_error():
     assert bulkhead.statistics().active == 0
     with bulkhead:
         assert bulkhead.statistics().active == 1
+
+
+def test_bulkhead_settings_are_read_only():
+    """max_concurrent, max_queue and queue_timeout cannot be changed after construction."""
+    bulkhead = Bulkhead(2, max_queue=3, queue_timeout=1.5)
+    assert (bulkhead.max_concurrent, bulkhead.max_queue, bulkhead.queue_timeout) == (2, 3, 1.5)
+    for attribute in ("max_concurrent", "max_queue", "queue_timeout"):
+        with pytest.raises(AttributeError):
+            setattr(bulkhead, attribute, 1)

@@ -401,3 +401,18 @@ async def test_a_cancelled_waiter_takes_nothing():
     assert store._tats == before
     stats = limiter.statistics()
     assert (stats.admitted, stats.delayed) == (1, 1)
+
+
+def test_settings_are_read_only(clock):
+    """rate, per, burst, key and timeout cannot be changed after construction."""
+    limiter = RateLimiter(4, per=2.0, clock=clock)
+    assert (limiter.rate, limiter.per, limiter.burst, limiter.key, limiter.timeout) == (
+        4.0,
+        2.0,
+        4,
+        None,
+        30.0,
+    )
+    for attribute in ("rate", "per", "burst", "key", "timeout"):
+        with pytest.raises(AttributeError):
+            setattr(limiter, attribute, 1)
