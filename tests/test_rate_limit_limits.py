@@ -28,11 +28,13 @@ class RecordingStore(InMemoryLimiterStore):
     def __init__(self) -> None:
         super().__init__()
         self.admissions: list[tuple[float, int]] = []
+        self.by_key: dict[object, list[tuple[float, int]]] = {}
 
     def take(self, key, tokens, now, interval, burst):
         admitted, wait = super().take(key, tokens, now, interval, burst)
         if admitted:
             self.admissions.append((now, tokens))  # list.append is atomic
+            self.by_key.setdefault(key, []).append((now, tokens))
         return admitted, wait
 
 
@@ -69,6 +71,27 @@ def test_try_acquire_never_exceeds_the_window_bound(rate, per, burst, steps):
         clock.advance(gap / 64)
         limiter.try_acquire(min(tokens, burst))
     assert worst_excess(store.admissions, rate, per, burst) <= 0
+
+
+@given(
+    rate=exact_rates,
+    burst=st.integers(1, 4),
+    steps=st.lists(
+        st.tuples(st.integers(0, 32), st.sampled_from(["a", "b", None])), min_size=1, max_size=80
+    ),
+)
+def test_every_key_gets_its_own_full_limit(rate, burst, steps):
+    """Per key, admissions stay within the bound, and one key's traffic never blocks another."""
+    clock = ManualClock()
+    store = RecordingStore()
+    limiter = RateLimiter(rate, per=1.0, burst=burst, store=store, clock=clock)
+    for gap, key in steps:
+        clock.advance(gap / 64)
+        fresh = key not in store.by_key
+        admitted = limiter.try_acquire(key=key)
+        assert admitted or not fresh  # a key's first request always finds a full bucket
+    for admissions in store.by_key.values():
+        assert worst_excess(admissions, rate, 1.0, burst) <= 0
 
 
 @given(
