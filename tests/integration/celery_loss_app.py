@@ -8,6 +8,7 @@ Configured through environment variables set by the test:
 - ``LOSS_QUEUE``       the queue of this test run
 - ``LOSS_CKPT_ROOT``   the checkpoint root
 - ``LOSS_STEP_SECONDS`` how long one training step takes
+- ``LOSS_LEASE_SECONDS`` the task's lease time to live
 
 The task appends to Redis lists the test reads: ``<prefix>:starts`` (the step each
 delivery started from) and ``<prefix>:begun`` (each step as it begins).
@@ -33,7 +34,7 @@ PREFIX = os.environ.get("LOSS_PREFIX", "test:celery-loss")
 QUEUE = os.environ.get("LOSS_QUEUE", "celery-loss")
 CKPT_ROOT = os.environ.get("LOSS_CKPT_ROOT", "/tmp/celery-loss")  # noqa: S108 - overridden
 STEP_SECONDS = float(os.environ.get("LOSS_STEP_SECONDS", "0.3"))
-LEASE_SECONDS = 2.0
+LEASE_SECONDS = float(os.environ.get("LOSS_LEASE_SECONDS", "2"))
 
 app = Celery("celery_loss_app", broker=BROKER, backend=REDIS_URL)
 configure_app(app, visibility_timeout=4.0 if BROKER.startswith("redis") else None)
@@ -96,6 +97,7 @@ def train(self: Any, steps: int) -> dict[str, Any]:
     start = latest.step if latest is not None else 0
     total = latest.state["total"] if latest is not None else 0
     client.rpush(f"{PREFIX}:starts", start)
+    client.rpush(f"{PREFIX}:checkpointer", type(checkpoints).__name__)
     for step in range(start, steps):
         self.lease.check()
         client.rpush(f"{PREFIX}:begun", step)
