@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -443,3 +446,42 @@ def test_unreachable_redis_at_start_runs_locally(clock: ManualClock) -> None:
             breaker.call(ok)
     finally:
         store.close()
+
+
+def _child_sees_opening(store: RedisBreakerStore, ready: Any, result: Any) -> None:
+    """In a forked child: wait for the store's watcher, then for the opening made by the parent."""
+    deadline = time.monotonic() + 5.0
+    while not any(t.name.startswith("recoverly-redis-breaker") for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            result.put("no watcher")
+            return
+        time.sleep(0.01)
+    time.sleep(0.1)  # let it subscribe
+    ready.set()
+    while store.fast >= 0:
+        if time.monotonic() > deadline:
+            result.put("never saw the opening")
+            return
+        time.sleep(0.001)
+    result.put(store.snapshot().state.name)
+
+
+@pytest.mark.realtime
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_child_keeps_its_copy_in_sync(make_store: MakeStore) -> None:
+    """A store bound before a fork (gunicorn --preload) follows the shared state in the child."""
+    ctx = multiprocessing.get_context("fork")
+    store = make_store()
+    breaker_on(store, SystemClock())
+    ready, result = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_child_sees_opening, args=(store, ready, result))
+    child.start()
+    try:
+        assert ready.wait(10)
+        fail(breaker_on(make_store(), SystemClock()), 3)
+        assert result.get(timeout=10) == "OPEN"
+    finally:
+        child.join(10)
+        result.close()
+    assert child.exitcode == 0

@@ -13,6 +13,8 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
+from recoverly.redis._scripts import GCRA_EPOCH  # noqa: E402
+
 WORKER = Path(__file__).with_name("redis_worker.py")
 #: Seconds the workers get to start (import recoverly and redis-py) before they begin.
 STARTUP = 3.0
@@ -102,7 +104,7 @@ def test_four_processes_share_one_rate_limit(redis_url: str, redis_prefix: str) 
     client = redis.Redis.from_url(redis_url)
     try:
         # The theoretical arrival time, on the server's clock, that leaves no token at `start`.
-        tat = start + burst / rate
+        tat = start - GCRA_EPOCH + burst / rate
         client.set(f"{redis_prefix}rate:{{shared}}", repr(tat), px=int((STARTUP + 5) * 1000))
         reports = run_workers("limiter", [settings] * 4)
     finally:

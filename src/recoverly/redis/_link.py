@@ -123,6 +123,10 @@ class Outage:
         )
         return True
 
+    def after_fork(self) -> None:
+        """Replace the lock in a forked child (another thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def due(self) -> bool:
         """Whether it is time to try Redis again during an outage."""
         return bool(self._monotonic() >= self.next_try)

@@ -23,7 +23,7 @@ and every change of generation is published on the breaker's channel as
 
 from __future__ import annotations
 
-__all__ = ["BREAKER", "GCRA"]
+__all__ = ["BREAKER", "GCRA", "GCRA_EPOCH"]
 
 #: KEYS: hash, channel. ARGV: op, permit, failure threshold (0: off), recovery
 #: timeout, backoff factor, cap on the open duration (-1: none), largest open
@@ -166,6 +166,10 @@ for i = 1, #changes do reply[#reply + 1] = changes[i] end
 return reply
 """
 
+#: Times in the limiter's keys count seconds from this Unix time: smaller
+#: numbers keep a double's resolution near a nanosecond instead of 0.24 us.
+GCRA_EPOCH = 1_700_000_000
+
 #: GCRA (generic cell rate algorithm). KEYS: the limiter's key. ARGV: emission
 #: interval (seconds per token), burst (tokens), cost (tokens; 0 only reads).
 #: Reply: admitted (1 or 0), seconds until the cost would be admitted ("0" when
@@ -174,7 +178,7 @@ return reply
 #: under one microsecond (the resolution of ``TIME``) counts as none.
 GCRA = """
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now = (tonumber(clock[1]) - EPOCH) + tonumber(clock[2]) / 1000000
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -190,4 +194,4 @@ end
 local ttl = math.ceil((new_tat - now) * 1000) + 1
 redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
 return {1, '0', owed}
-"""
+""".replace("EPOCH", str(GCRA_EPOCH))

@@ -1,35 +1,26 @@
 """RedisBreakerStore: one circuit breaker state shared by every process that names it.
 
-Each transition (admit a probe, record a failure, close after a probe) is one
-``EVALSHA`` of :data:`~recoverly.redis._scripts.BREAKER` over one hash, timed by
-the server's ``TIME``. The store keeps a local copy of the state so that the
-common paths cost no round trip:
-
-* CLOSED, no failures counted: :attr:`fast` holds the cached generation and a
-  successful call reports nothing at all.
-* OPEN: :attr:`reject_until` holds the local monotonic time until which calls
-  are rejected without asking Redis.
-
-A daemon thread per store keeps the copy fresh: it listens on the breaker's
-pub/sub channel (every state change is published by the script that made it)
-and re-reads the state every ``cache_ttl`` seconds as a safety net against a
-lost message.
+Each transition is one ``EVALSHA`` of :data:`~recoverly.redis._scripts.BREAKER`
+over one hash, timed by the server's ``TIME``; a local copy of the state
+(kept fresh by :mod:`recoverly.redis._breaker_sync`) spares the common paths
+any round trip. The guide is ``docs/distributed.md``.
 
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 import threading
 import weakref
 from typing import Any
 
-from recoverly._core.clock import MAX_SLEEP, Clock, SystemClock, resolve
+from recoverly._core.clock import MAX_SLEEP, Clock, resolve
 from recoverly._core.validate import Problems
 from recoverly.errors import CircuitState
-from recoverly.redis._link import ERRORS, LOG, Outage, Script, check_name, make_client, text
+from recoverly.redis._breaker_sync import REAL, snapshot_of, transitions, watch
+from recoverly.redis._link import ERRORS, Outage, Script, check_name, make_client, text
 from recoverly.redis._scripts import BREAKER
 from recoverly.stores import (
     NOT_OPEN,
@@ -44,7 +35,6 @@ from recoverly.stores import (
 __all__ = ["RedisBreakerStore"]
 
 _SCRIPT = Script(BREAKER)
-_REAL = SystemClock()  # the watcher paces real network I/O, whatever clock the breaker uses
 _CLOSED, _OPEN = CircuitState.CLOSED, CircuitState.OPEN
 _HALF_OPEN, _FORCED_OPEN, _DISABLED = (
     CircuitState.HALF_OPEN,
@@ -58,36 +48,29 @@ Reply = list[Any]
 class RedisBreakerStore:
     """A :class:`~recoverly.stores.BreakerStore` kept in Redis, for breakers shared by processes.
 
-    Pass it as ``CircuitBreaker(..., store=RedisBreakerStore(client, "payments"))``
-    in every process; breakers whose stores have the same ``name`` (and
-    ``prefix``) share one state. Give them the same settings: each transition
-    applies the settings of the process that makes it.
+    Pass ``CircuitBreaker(..., store=RedisBreakerStore(client, "payments"))`` in
+    every process: stores with the same ``name`` and ``prefix`` share one state.
+    Give the breakers the same settings (a transition applies the settings of
+    the process making it). Only the ``failure_threshold`` rule is supported.
 
-    Cost per call: a CLOSED breaker's successful call makes no round trip, and
-    neither does a call rejected while OPEN. A counted failure, the first
-    success after failures, and the OPEN -> HALF_OPEN -> CLOSED path make one
-    ``EVALSHA`` each. HALF_OPEN admits ``half_open_max_calls`` probes across
-    all processes together; a probe slot whose process died is reclaimed
-    after ``probe_lease`` seconds.
+    Cost: a CLOSED breaker's successful call and a call rejected while OPEN make
+    no round trip; a counted failure, the first success after failures and each
+    OPEN -> HALF_OPEN -> CLOSED step make one ``EVALSHA``. HALF_OPEN admits
+    ``half_open_max_calls`` probes across all processes together; a slot whose
+    process died is reclaimed after ``probe_lease`` seconds. Hooks and events
+    fire once, in the process that made the change.
 
-    Staleness: a state change made elsewhere reaches this process through
-    pub/sub (on loopback, within about a millisecond). If that message is lost
-    (pub/sub connection dropped), the periodic re-read applies the change within
-    ``cache_ttl`` seconds plus one socket timeout. So this process may admit calls
-    for at most that long after another process opened the breaker.
+    Staleness: changes made elsewhere arrive by pub/sub (on loopback, within
+    about a millisecond); if a message is lost, the re-read every ``cache_ttl``
+    seconds applies it. So a process admits calls for at most ``cache_ttl``
+    plus one socket timeout after another process opened the breaker.
 
-    Only the consecutive-failure rule is supported (``failure_threshold``);
-    the rate rules (``failure_rate_threshold``, ``slow_call_duration``) need
-    the in-memory store. Hooks and events fire in the process that made the
-    change, once for all processes.
-
-    Redis unreachable: the store logs one WARNING on ``recoverly.redis`` and,
-    with ``fail_open=True``, runs a local in-memory breaker (starting CLOSED)
-    until Redis answers again; with ``fail_open=False`` it rejects every call
-    (``CircuitBreakerError``, state OPEN) meanwhile. Reconnection is tried
-    every ``reconnect_interval`` seconds; then the shared state is read again
-    (the local state is dropped) and one INFO line is logged. The protected
-    application never sees a Redis exception.
+    Redis unreachable: one WARNING on ``recoverly.redis``; then, with
+    ``fail_open=True``, a local in-memory breaker (starting CLOSED) decides,
+    and with ``False`` every call is rejected (state OPEN). Every
+    ``reconnect_interval`` seconds Redis is tried again; when it answers, the
+    shared state takes over (the local one is dropped) and one INFO line is
+    logged. The protected application never sees a Redis exception.
 
     Args:
         client: A ``redis.Redis`` client, or a URL; a URL gets a client with
@@ -124,6 +107,7 @@ class RedisBreakerStore:
         "_outage",
         "_owns_client",
         "_refreshed_at",
+        "_settings",
         "_stop",
         "_thread",
         "cache_ttl",
@@ -164,9 +148,10 @@ class RedisBreakerStore:
         self._lock = threading.Lock()
         self._cache: tuple[CircuitState, int, int] = (_CLOSED, -1, 0)
         self._config: BreakerConfig | None = None
+        self._settings: tuple[object, ...] = ()
         self._clock: Clock | None = None
         self._local: InMemoryBreakerStore | None = None
-        self._outage = Outage(f"circuit breaker {name!r}", retry, _REAL.monotonic)
+        self._outage = Outage(f"circuit breaker {name!r}", retry, REAL.monotonic)
         self._refreshed_at = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -191,15 +176,38 @@ class RedisBreakerStore:
             )
             raise ValueError(msg)
         self._config, self._clock = config, clock
+        cap = config.max_recovery_timeout
+        self._settings = (
+            config.failure_threshold or 0,
+            repr(config.recovery_timeout),
+            repr(config.recovery_backoff),
+            -1 if cap is None else repr(cap),
+            repr(MAX_SLEEP),
+            config.half_open_max_calls,
+            repr(self.probe_lease),
+        )
         self._refresh()
+        _BOUND.add(self)
+        self._start_watcher()
+
+    def _start_watcher(self) -> None:
         thread = threading.Thread(
-            target=_watch,
+            target=watch,
             args=(weakref.ref(self), self._stop),
             name=f"recoverly-redis-breaker-{self.name}",
             daemon=True,
         )
         self._thread = thread
         thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks and a watcher of its own (threads do not survive fork)."""
+        self._lock = threading.Lock()
+        self._outage.after_fork()
+        if self._thread is not None and not self._stop.is_set():
+            self._stop = threading.Event()
+            self._refreshed_at = -math.inf  # re-read at once: the parent's copy may be old
+            self._start_watcher()
 
     def close(self) -> None:
         """Stop the watcher thread and close the connections (the state stays in Redis).
@@ -218,26 +226,14 @@ class RedisBreakerStore:
 
     def _run(self, op: str, permit: int = 0, target: str = "") -> tuple[Reply, float] | None:
         """Run one script operation; ``None`` (and a fallback) when Redis is unreachable."""
-        config = self._config
-        if config is None:
+        if self._config is None:
             msg = "RedisBreakerStore is not bound to a CircuitBreaker yet"
             raise RuntimeError(msg)
-        cap = config.max_recovery_timeout
-        args = (
-            op,
-            permit,
-            config.failure_threshold or 0,
-            repr(config.recovery_timeout),
-            repr(config.recovery_backoff),
-            -1 if cap is None else repr(cap),
-            repr(MAX_SLEEP),
-            config.half_open_max_calls,
-            repr(self.probe_lease),
-            target,
-        )
         sent = self._now()
         try:
-            reply = _SCRIPT.run(self._client, (self._key, self._channel), args)
+            reply = _SCRIPT.run(
+                self._client, (self._key, self._channel), (op, permit, *self._settings, target)
+            )
         except ERRORS as exc:
             self._fall_back(exc)
             return None
@@ -276,14 +272,8 @@ class RedisBreakerStore:
 
     def _apply(self, reply: Reply, sent: float, *, authoritative: bool = False) -> None:
         """Adopt the state in a script reply as the local copy."""
-        self._set(
-            text(reply[1]),
-            int(reply[2]),
-            int(reply[3]),
-            text(reply[4]),
-            sent,
-            authoritative=authoritative,
-        )
+        state, gen, cons, left = text(reply[1]), int(reply[2]), int(reply[3]), text(reply[4])
+        self._set(state, gen, cons, left, sent, authoritative=authoritative)
 
     def _set(
         self, state_name: str, gen: int, cons: int, left: str, at: float, *, authoritative: bool
@@ -306,7 +296,7 @@ class RedisBreakerStore:
                 quiet = state is _DISABLED or (state is _CLOSED and cons == 0)
                 self.fast = gen if quiet else -1
             if authoritative:
-                self._refreshed_at = _REAL.monotonic()
+                self._refreshed_at = REAL.monotonic()
 
     def _refresh(self) -> bool:
         """Re-read the shared state; return whether Redis answered."""
@@ -338,7 +328,7 @@ class RedisBreakerStore:
             return self._degraded_outcome(op, permit)
         reply, sent = result
         self._apply(reply, sent)
-        return _transitions(reply)
+        return transitions(reply)
 
     def _degraded_outcome(self, op: str, permit: int) -> tuple[Transition, ...]:
         local = self._local
@@ -374,7 +364,7 @@ class RedisBreakerStore:
             int(reply[0]),
             CircuitState(text(reply[1])),
             float(left_text) if left_text else None,
-            _transitions(reply),
+            transitions(reply),
         )
 
     def _degraded_acquire(self) -> Admission:
@@ -431,7 +421,7 @@ class RedisBreakerStore:
             return self.poll()
         reply, sent = found
         self._apply(reply, sent)
-        return CircuitState(text(reply[1])), _transitions(reply)
+        return CircuitState(text(reply[1])), transitions(reply)
 
     def force(self, state: CircuitState) -> tuple[Transition, ...]:
         """Move the shared breaker to CLOSED, FORCED_OPEN or DISABLED."""
@@ -445,7 +435,7 @@ class RedisBreakerStore:
             return changes
         reply, sent = result
         self._apply(reply, sent)
-        return _transitions(reply)
+        return transitions(reply)
 
     def snapshot(self) -> BreakerSnapshot:
         """Return the shared state and counters (one round trip), or the fallback's."""
@@ -457,19 +447,7 @@ class RedisBreakerStore:
             return BreakerSnapshot(_OPEN, -1, 0, 0, 0, 0, 0, 0, 0, self._outage.retry_interval)
         reply, sent = result
         self._apply(reply, sent, authoritative=True)
-        left = text(reply[4])
-        return BreakerSnapshot(
-            state=CircuitState(text(reply[1])),
-            generation=int(reply[2]),
-            consecutive_failures=int(reply[3]),
-            failed_calls=int(reply[5]),
-            trips=int(reply[6]),
-            probes_in_flight=int(reply[7]),
-            window_calls=0,
-            window_failures=0,
-            window_slow_calls=0,
-            retry_after=float(left) if left else None,
-        )
+        return snapshot_of(reply)
 
     @property
     def degraded(self) -> bool:
@@ -484,81 +462,18 @@ class RedisBreakerStore:
             f"generation={gen} failures={cons}{mode}>"
         )
 
-    # ------------------------------------------------------------ the watcher
-    def _tick(self, pubsub: Any) -> tuple[Any, float]:
-        """One round of the watcher; return its pub/sub object and how long to wait."""
-        outage = self._outage
-        if outage.down:
-            _close_quietly(pubsub)
-            if outage.due() and self._refresh():
-                return None, 0.0
-            return None, max(0.0, outage.next_try - _REAL.monotonic())
-        try:
-            if self.subscribe and pubsub is None:
-                client: Any = self._client
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._channel)
-                self._refresh()  # after subscribing: nothing can slip between the two
-            left = self._refreshed_at + self.cache_ttl - _REAL.monotonic()
-            if left <= 0:
-                self._refresh()
-                left = self.cache_ttl
-            if pubsub is None:
-                return None, min(left, 0.5)
-            message = pubsub.get_message(timeout=min(left, 0.5))
-            if message is not None and message.get("type") in {"message", b"message"}:
-                self._on_message(message["data"])
-        except ERRORS as exc:
-            self._fall_back(exc)
-            _close_quietly(pubsub)
-            return None, self._outage.retry_interval
-        return pubsub, 0.0
+
+#: Bound stores, so that a forked child (gunicorn --preload, Celery prefork) restarts
+#: their watchers: without one, a child's copy of the state would never change.
+_BOUND: weakref.WeakSet[RedisBreakerStore] = weakref.WeakSet()
 
 
-def _transitions(reply: Reply) -> tuple[Transition, ...]:
-    """The state changes listed after the eight fixed fields of a script reply."""
-    if len(reply) <= 8:  # noqa: PLR2004 - the reply's fixed part
-        return _NONE
-    changes = []
-    for i in range(8, len(reply), 4):
-        duration = text(reply[i + 3])
-        changes.append(
-            Transition(
-                CircuitState(text(reply[i])),
-                CircuitState(text(reply[i + 1])),
-                int(reply[i + 2]),
-                float(duration) if duration else None,
-            )
-        )
-    return tuple(changes)
+def _after_fork_in_child() -> None:
+    for store in list(_BOUND):
+        store._after_fork()
 
 
-def _close_quietly(pubsub: Any) -> None:
-    if pubsub is None:
-        return
-    with contextlib.suppress(*ERRORS):
-        pubsub.close()
-
-
-def _watch(ref: weakref.ref[RedisBreakerStore], stop: threading.Event) -> None:
-    """The watcher thread: ends when the store is closed or garbage-collected."""
-    pubsub: Any = None
-    try:
-        while not stop.is_set():
-            store = ref()
-            if store is None:
-                return
-            try:
-                pubsub, wait = store._tick(pubsub)
-            except Exception:  # pragma: no cover - a bug must not kill the watcher silently
-                LOG.exception("watcher of %r failed; retrying", store)
-                _close_quietly(pubsub)
-                pubsub, wait = None, 1.0
-            del store
-            if wait > 0:
-                stop.wait(wait)
-    finally:
-        _close_quietly(pubsub)
-
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 RedisBreakerStore.__module__ = "recoverly.redis"
