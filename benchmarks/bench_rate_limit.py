@@ -29,10 +29,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
+from importlib import metadata
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ __all__ = ["FloorGCRA", "cases", "main", "section"]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 OK_GROUP = "rate limit, tokens free (one decision)"
 REJECT_GROUP = "rate limit, bucket empty (one decision)"
+VERSIONED = ("recoverly", "pyrate-limiter", "limits")
 
 
 class FloorGCRA:
@@ -168,12 +173,21 @@ def _ratio_line(results: dict[str, Result], path: str, other: str, label: str) -
 
 def section(results: dict[str, Result]) -> str:
     """The Markdown section for RESULTS.md: a table per path and the ratios."""
+    repeats = len(next(iter(results.values())).samples)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "## Rate limiter and bulkhead (`benchmarks/bench_rate_limit.py`)",
         "",
         "One decision per call, in-memory, one key, non-blocking; ns per decision = the loop's",
         "time minus the empty loop. Ratios are the other library's time over recoverly's",
         "(higher = recoverly faster).",
+        "",
+        (
+            f"- run: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, Python"
+            f" {platform.python_version()}, {repeats} interleaved repeats,"
+            f" {os.cpu_count()} CPUs, load average {load} (read the ratios, not the ns)"
+        ),
+        "- versions: " + ", ".join(f"{name} {metadata.version(name)}" for name in VERSIONED),
         "",
         "| case | ns/decision | spread | vs recoverly |",
         "|---|---:|---:|---:|",
@@ -187,7 +201,14 @@ def section(results: dict[str, Result]) -> str:
             ns = overhead(results, key)
             ratio = f"{ns / ours:.2f}x" if ours > 0 else "n/a"
             lines.append(f"| {res.case.label} | {ns:,.0f} | {res.spread * 100:.0f} % | {ratio} |")
-    lines += ["", *bench_bulkhead.section_lines(results)]
+    lines += [
+        "",
+        "pyrate-limiter's InMemoryBucket and limits' MovingWindow keep one log entry per",
+        "admitted call; their limits here are sized to keep those logs short (10 ms of calls;",
+        "at most 200 000 entries). recoverly and the floor keep one float per key.",
+        "",
+        *bench_bulkhead.section_lines(results),
+    ]
     return "\n".join(lines)
 
 
