@@ -24,9 +24,26 @@ class Boom(Exception):
     """The failure of the failing worker's calls."""
 
 
-def sleep_until(moment: float) -> None:
-    """Sleep until the wall-clock time ``moment``."""
-    time.sleep(max(0.0, moment - time.time()))
+def wait_for_start(url: str, prefix: str) -> float:
+    """Report ready (INCR ``<prefix>ready``), wait for the test to set ``<prefix>start``.
+
+    Returns:
+        The start time the test chose; this function returns at that moment.
+    """
+    client = redis.Redis.from_url(url)
+    try:
+        client.incr(prefix + "ready")
+        deadline = time.time() + 60
+        while (value := client.get(prefix + "start")) is None:
+            if time.time() > deadline:
+                msg = "the test never set the start time"
+                raise RuntimeError(msg)
+            time.sleep(0.005)
+    finally:
+        client.close()
+    start = float(value)
+    time.sleep(max(0.0, start - time.time()))
+    return start
 
 
 def breaker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -50,18 +67,26 @@ def breaker(cfg: dict[str, Any]) -> dict[str, Any]:
         raise Boom
 
     out: dict[str, Any] = {"role": cfg["role"]}
-    sleep_until(cfg["start"])
+    opened: float | None = None
+    start = wait_for_start(cfg["url"], cfg["prefix"])
     if cfg["role"] == "failer":
         time.sleep(0.3)
-        for _ in range(3):
+        for i in range(3):
+            if i == 2:
+                # Taken before the opening call: the delays measured from here are
+                # upper bounds of the propagation time.
+                out["opened_at"] = opened = time.time()
             with contextlib.suppress(Boom):
                 b.call(_raise)
-        out["opened_at"] = time.time()
         out["state"] = b.state.name
     else:
-        out["rejected_at"] = first_rejection(b, cfg["start"] + 5.0)
-    # Phase 2: everyone hammers the breaker through OPEN -> HALF_OPEN -> OPEN again.
-    out["probe_runs"], out["rejected"] = hammer(b, probe, cfg["start"] + cfg["phase2_end"])
+        out["rejected_at"] = opened = first_rejection(b, start + 10.0)
+    # Phase 2: everyone hammers the breaker through OPEN -> HALF_OPEN -> OPEN again,
+    # stopping inside the second OPEN period (which ends at open + 2 x recovery + probe).
+    if opened is None:  # never saw the opening: the test will say so
+        opened = time.time()
+    stop = opened + cfg["recovery"] + cfg["probe_seconds"] + cfg["recovery"] / 2
+    out["probe_runs"], out["rejected"] = hammer(b, probe, stop)
     store.close()
     counter.close()
     return out
@@ -110,9 +135,9 @@ def limiter(cfg: dict[str, Any]) -> dict[str, Any]:
         prefix=cfg["prefix"],
         clock=SystemClock(),
     )
-    end = cfg["start"] + cfg["seconds"]
     admitted = late = 0
-    sleep_until(cfg["start"])
+    start = wait_for_start(cfg["url"], cfg["prefix"])
+    end = start + cfg["seconds"]
     while True:
         left = end - time.time()
         if left <= 0:

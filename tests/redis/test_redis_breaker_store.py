@@ -485,3 +485,31 @@ def test_forked_child_keeps_its_copy_in_sync(make_store: MakeStore) -> None:
         child.join(10)
         result.close()
     assert child.exitcode == 0
+
+
+@pytest.mark.anyio
+async def test_async_calls_share_the_state(make_store: MakeStore, clock: ManualClock) -> None:
+    """An async breaker on the Redis store opens the shared state after three failures."""
+    breaker = breaker_on(make_store(), clock)
+
+    @breaker
+    async def flaky() -> None:
+        raise Boom
+
+    for _ in range(3):
+        with pytest.raises(Boom):
+            await flaky()
+    with pytest.raises(CircuitBreakerError):
+        await flaky()
+    other = make_store()
+    breaker_on(other, clock)
+    assert other.snapshot().state is CircuitState.OPEN
+
+
+def test_close_leaves_a_client_passed_in_open(client: Any, redis_prefix: str) -> None:
+    """close() stops the watcher but does not close the application's own client."""
+    store = RedisBreakerStore(client, "own", prefix=redis_prefix)
+    breaker_on(store)
+    store.close()
+    assert not any(t.name == "recoverly-redis-breaker-own" for t in threading.enumerate())
+    assert client.ping() is True

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,24 @@ redis = pytest.importorskip("redis")
 from recoverly.redis._scripts import GCRA_EPOCH  # noqa: E402
 
 WORKER = Path(__file__).with_name("redis_worker.py")
-#: Seconds the workers get to start (import recoverly and redis-py) before they begin.
-STARTUP = 3.0
+#: Seconds between the moment all workers are ready and the start they are given.
+LEAD = 0.5
 
 
-def run_workers(mode: str, settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Start one worker per settings dict at once, wait for all, return their reports."""
+def run_workers(
+    mode: str,
+    settings: list[dict[str, Any]],
+    client: Any,
+    prefix: str,
+    before_start: Callable[[float], object] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """Start one worker per settings dict; once all are ready, give them one start time.
+
+    ``before_start(start)`` runs after the start time is chosen, before the workers see it.
+
+    Returns:
+        The workers' reports.
+    """
     procs = [
         subprocess.Popen(  # noqa: S603 - our own interpreter and worker script
             [sys.executable, str(WORKER), mode, json.dumps(s)],
@@ -31,6 +44,14 @@ def run_workers(mode: str, settings: list[dict[str, Any]]) -> list[dict[str, Any
         )
         for s in settings
     ]
+    deadline = time.time() + 60
+    while int(client.get(prefix + "ready") or 0) < len(procs):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.01)
+    start = time.time() + LEAD
+    before_start(start)
+    client.set(prefix + "start", repr(start))
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=45)
@@ -46,7 +67,6 @@ def test_four_processes_share_one_breaker(redis_url: str, redis_prefix: str) -> 
     The bound is the documented staleness: ``cache_ttl`` plus one socket timeout.
     """
     cache_ttl, probes, recovery = 2.0, 2, 1.0
-    start = time.time() + STARTUP
     base = {
         "url": redis_url,
         "prefix": redis_prefix,
@@ -54,27 +74,27 @@ def test_four_processes_share_one_breaker(redis_url: str, redis_prefix: str) -> 
         "cache_ttl": cache_ttl,
         "recovery": recovery,
         "probes": probes,
+        # A probe holds its slot for 0.3 s, then fails and opens the breaker again.
         "probe_seconds": 0.3,
-        "start": start,
-        # OPEN at ~0.3 s; HALF_OPEN at ~1.3 s; a probe fails at ~1.6 s and opens it
-        # again until ~2.6 s: the workers stop at 2.3 s, inside that second OPEN period.
-        "phase2_end": 2.3,
     }
-    reports = run_workers(
-        "breaker", [{**base, "role": "failer"}] + [{**base, "role": "watcher"}] * 3
-    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        reports = run_workers(
+            "breaker",
+            [{**base, "role": "failer"}] + [{**base, "role": "watcher"}] * 3,
+            client,
+            redis_prefix,
+        )
+        runs = int(client.get(redis_prefix + "probe-runs") or 0)
+        state = client.hget(f"{redis_prefix}breaker:{{shared}}", "s")
+    finally:
+        client.close()
     failer, watchers = reports[0], reports[1:]
     assert failer["state"] == "OPEN"
     bound = cache_ttl + 0.25  # documented: cache_ttl plus one socket timeout
     delays = [w["rejected_at"] - failer["opened_at"] for w in watchers]
     assert all(w["rejected_at"] is not None for w in watchers)
     assert max(delays) <= bound, delays
-    client = redis.Redis.from_url(redis_url)
-    try:
-        runs = int(client.get(redis_prefix + "probe-runs") or 0)
-        state = client.hget(f"{redis_prefix}breaker:{{shared}}", "s")
-    finally:
-        client.close()
     assert runs == probes
     assert sum(r["probe_runs"] for r in reports) == probes
     assert sum(r["rejected"] for r in reports) > 0
@@ -91,7 +111,6 @@ def test_four_processes_share_one_rate_limit(redis_url: str, redis_prefix: str) 
     is full.
     """
     rate, seconds, burst = 200, 10.0, 100
-    start = time.time() + STARTUP
     settings = {
         "url": redis_url,
         "prefix": redis_prefix,
@@ -99,14 +118,16 @@ def test_four_processes_share_one_rate_limit(redis_url: str, redis_prefix: str) 
         "rate": rate,
         "burst": burst,
         "seconds": seconds,
-        "start": start,
     }
     client = redis.Redis.from_url(redis_url)
-    try:
-        # The theoretical arrival time, on the server's clock, that leaves no token at `start`.
+
+    def empty_bucket_at(start: float) -> None:
+        # The theoretical arrival time (server clock, GCRA epoch) that leaves no token at start.
         tat = start - GCRA_EPOCH + burst / rate
-        client.set(f"{redis_prefix}rate:{{shared}}", repr(tat), px=int((STARTUP + 5) * 1000))
-        reports = run_workers("limiter", [settings] * 4)
+        client.set(f"{redis_prefix}rate:{{shared}}", repr(tat), px=60_000)
+
+    try:
+        reports = run_workers("limiter", [settings] * 4, client, redis_prefix, empty_bucket_at)
     finally:
         client.close()
     admitted = sum(r["admitted"] for r in reports)
