@@ -26,6 +26,8 @@ __all__ = ["REAL", "close_quietly", "snapshot_of", "tick", "transitions", "watch
 
 REAL = SystemClock()  # the watcher paces real network I/O, whatever clock the breaker uses
 _NONE: tuple[Transition, ...] = ()
+#: Longest wait for a pub/sub message: bounds how long close() waits for the thread.
+_POLL = 0.1
 #: Fields before the state changes in a script reply.
 _FIXED = 8
 
@@ -66,13 +68,15 @@ def tick(store: RedisBreakerStore, pubsub: Any) -> tuple[Any, float]:
             store._refresh()
             left = store.cache_ttl
         if pubsub is None:
-            return None, min(left, 0.5)
-        message = pubsub.get_message(timeout=min(left, 0.5))
+            return None, min(left, _POLL)
+        message = pubsub.get_message(timeout=min(left, _POLL))
         if message is not None and message.get("type") in {"message", b"message"}:
             store._on_message(message["data"])
     except ERRORS as exc:
-        store._fall_back(exc)
         close_quietly(pubsub)
+        if store._stop.is_set():  # closing: the connection went away on purpose
+            return None, 0.0
+        store._fall_back(exc)
         return None, store._outage.retry_interval
     return pubsub, 0.0
 
