@@ -290,3 +290,28 @@ def test_task_attributes_outside_a_run_explain_themselves(app):
 
     with pytest.raises(RuntimeError, match="only known while the task runs"):
         _ = job.idempotency_key
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(("TaskDeadLettered", ("train-7", 3)), id="dead-lettered"),
+        pytest.param(("LeaseLost", ("train-7", 2)), id="lease-lost"),
+    ],
+)
+def test_errors_survive_pickle_and_a_json_result_backend(error):
+    """A JSON result backend and pickle rebuild the error with its data and message."""
+    import pickle
+
+    import recoverly.celery as rc
+
+    name, args = error
+    original = getattr(rc, name)(*args)
+    backend = Celery("errors", backend="cache+memory://").backend
+    stored = backend.prepare_exception(original, "json")
+    pickled = pickle.loads(pickle.dumps(original))  # noqa: S301 - our own bytes
+    for copy in (backend.exception_to_python(stored), pickled):
+        assert type(copy) is type(original)
+        assert copy.args == args
+        assert str(copy) == str(original)
+    assert "train-7" in str(original)

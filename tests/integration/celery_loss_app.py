@@ -9,6 +9,7 @@ Configured through environment variables set by the test:
 - ``LOSS_CKPT_ROOT``   the checkpoint root
 - ``LOSS_STEP_SECONDS`` how long one training step takes
 - ``LOSS_LEASE_SECONDS`` the task's lease time to live
+- ``LOSS_VISIBILITY_SECONDS`` the Redis broker's visibility timeout
 
 The task appends to Redis lists the test reads: ``<prefix>:starts`` (the step each
 delivery started from) and ``<prefix>:begun`` (each step as it begins).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,13 +39,23 @@ STEP_SECONDS = float(os.environ.get("LOSS_STEP_SECONDS", "0.3"))
 LEASE_SECONDS = float(os.environ.get("LOSS_LEASE_SECONDS", "2"))
 
 app = Celery("celery_loss_app", broker=BROKER, backend=REDIS_URL)
-configure_app(app, visibility_timeout=4.0 if BROKER.startswith("redis") else None)
+VISIBILITY = float(os.environ.get("LOSS_VISIBILITY_SECONDS", "4"))
+configure_app(app, visibility_timeout=VISIBILITY if BROKER.startswith("redis") else None)
 app.conf.task_default_queue = QUEUE
 app.conf.broker_connection_retry_on_startup = True
 app.conf.result_expires = 600
 if BROKER.startswith("redis"):
-    # Look for expired unacknowledged messages every second (default: rarely).
-    app.conf.broker_transport_options.update(unacked_restore_interval=1, unacked_restore_throttle=1)
+    # Look for expired unacknowledged messages every second (default: rarely), keep
+    # this run's bookkeeping under its own keys, and let a restore lock held by a
+    # killed worker expire in seconds rather than five minutes.
+    app.conf.broker_transport_options.update(
+        unacked_restore_interval=1,
+        unacked_restore_throttle=1,
+        unacked_key=f"{PREFIX}:unacked",
+        unacked_index_key=f"{PREFIX}:unacked_index",
+        unacked_mutex_key=f"{PREFIX}:unacked_mutex",
+        unacked_mutex_expire=3,
+    )
 
 client = redis.Redis.from_url(REDIS_URL)
 store = RedisTaskStore(client, prefix=PREFIX, result_ttl=600, state_ttl=600)
@@ -108,3 +120,12 @@ def train(self: Any, steps: int) -> dict[str, Any]:
     # The side effect lands in the same transaction as the result, under the fence.
     self.commit_with(lambda pipe: pipe.rpush(f"{PREFIX}:effects", f"total={total}"))
     return {"total": total, "resumed_from": start, "token": self.fencing_token}
+
+
+@resilient_task(
+    app, store=store, lease_seconds=LEASE_SECONDS, max_redeliveries=1, name="loss.crash"
+)
+def crash(self: Any) -> None:
+    """Kill the worker running it, every time (an OOM in a native library, say)."""
+    client.rpush(f"{PREFIX}:crashes", self.request.hostname)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -8,6 +8,12 @@ RabbitMQ it comes back as soon as the dead worker's connection drops, finds the
 dead copy's lease still alive, and waits for it with a countdown. Either way the
 second delivery resumes at the checkpointed step, and the result and its side
 effect are written exactly once, under the new fencing token.
+
+Two more cases with real workers: a Redis visibility timeout shorter than the
+task (the broker hands a second copy to an idle worker while the first still
+runs; the copy waits for the lease and never reruns the work), and a task that
+kills its worker every time (after ``max_redeliveries`` it goes to the dead
+letter instead of looping forever).
 """
 
 from __future__ import annotations
@@ -143,82 +149,103 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:10]
+class Harness:
+    """One test run: its queue, key prefix, environment, caller app and workers."""
+
+    def __init__(self, broker: str, tmp_path: Path, jobs: list[Callable[[], object]]) -> None:
+        self.client = redis_or_skip()
+        if broker == "amqp":
+            amqp_or_skip()
+        run_id = uuid.uuid4().hex[:10]
+        self.broker = broker
+        self.broker_url = db1(REDIS_URL) if broker == "redis" else AMQP_URL
+        self.prefix = f"test:celery-loss:{run_id}"
+        self.queue = f"recoverly-loss-{run_id}"
+        self.tmp_path = tmp_path
+        self.jobs = jobs
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "LOSS_BROKER_URL": self.broker_url,
+            "LOSS_REDIS_URL": db1(REDIS_URL),
+            "LOSS_PREFIX": self.prefix,
+            "LOSS_QUEUE": self.queue,
+            "LOSS_CKPT_ROOT": str(tmp_path / "checkpoints"),
+            "LOSS_STEP_SECONDS": str(STEP_SECONDS),
+        }
+        jobs.append(self._delete_keys)
+        self.caller = Celery("caller", broker=self.broker_url, backend=db1(REDIS_URL))
+        jobs.append(self.caller.close)
+        if broker == "amqp":
+            jobs.append(self._delete_queue)
+        self.store = RedisTaskStore(self.client, prefix=self.prefix)
+
+    def _delete_keys(self) -> None:
+        keys = [*self.client.scan_iter(match=f"{self.prefix}:*", count=500), self.queue]
+        self.client.delete(*keys)
+
+    def _delete_queue(self) -> None:
+        with self.caller.connection_for_write() as conn:
+            conn.default_channel.queue_delete(self.queue)
+
+    def worker(self, name: str) -> Worker:
+        """Start a worker on this run's queue and wait until it consumes."""
+        worker = Worker(name, self.env, self.queue, self.tmp_path / f"{name}.log")
+        self.jobs.append(worker.stop)
+        worker.wait_ready()
+        return worker
+
+    def send(self, name: str, *args: Any) -> Any:
+        result = self.caller.send_task(name, args=args, queue=self.queue)
+        self.jobs.append(result.forget)
+        return result
+
+    def ints(self, name: str) -> list[int]:
+        return [int(x) for x in self.client.lrange(f"{self.prefix}:{name}", 0, -1)]
+
+    def strings(self, name: str) -> list[str]:
+        return [x.decode() for x in self.client.lrange(f"{self.prefix}:{name}", 0, -1)]
+
+    def history(self) -> list[dict[str, Any]]:
+        """The delivery history of the run's only task."""
+        (name,) = self.client.keys(f"{self.prefix}:{{*}}:history")
+        return self.store.history(name.decode()[len(self.prefix) + 2 : -len("}:history")])
 
 
 @pytest.fixture
-def cleanup(run_id: str) -> Iterator[list[Callable[[], object]]]:
-    """Callables run after the test (stop workers, delete keys and queues)."""
-    jobs: list[Callable[[], object]] = []
-    yield jobs
-    for job in reversed(jobs):
+def jobs() -> Iterator[list[Callable[[], object]]]:
+    """Callables run after the test, last first (stop workers, delete keys and queues)."""
+    todo: list[Callable[[], object]] = []
+    yield todo
+    for job in reversed(todo):
         with contextlib.suppress(Exception):
             job()
 
 
 @pytest.mark.parametrize("broker", ["redis", "amqp"])
 def test_killed_worker_task_resumes_from_checkpoint_and_finishes_once(
-    broker: str, run_id: str, tmp_path: Path, cleanup: list[Callable[[], object]]
+    broker: str, tmp_path: Path, jobs: list[Callable[[], object]]
 ) -> None:
     """SIGKILL mid-loop: the redelivered task resumes at its checkpoint; one result, one effect."""
-    client = redis_or_skip()
-    if broker == "amqp":
-        amqp_or_skip()
-    broker_url = db1(REDIS_URL) if broker == "redis" else AMQP_URL
-    prefix = f"test:celery-loss:{run_id}"
-    queue = f"recoverly-loss-{run_id}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        "LOSS_BROKER_URL": broker_url,
-        "LOSS_REDIS_URL": db1(REDIS_URL),
-        "LOSS_PREFIX": prefix,
-        "LOSS_QUEUE": queue,
-        "LOSS_CKPT_ROOT": str(tmp_path / "checkpoints"),
-        "LOSS_STEP_SECONDS": str(STEP_SECONDS),
-        # RabbitMQ redelivers at once: a 6 s lease is surely still held by the dead
-        # copy when the second worker gets the message, so the wait path runs.
-        "LOSS_LEASE_SECONDS": "2" if broker == "redis" else "6",
-    }
-
-    def delete_keys() -> None:
-        keys = [*client.scan_iter(match=f"{prefix}:*", count=500), queue]
-        client.delete(*keys)
-
-    cleanup.append(delete_keys)
-    caller = Celery("caller", broker=broker_url, backend=db1(REDIS_URL))
-    cleanup.append(caller.close)
-    if broker == "amqp":
-
-        def delete_queue() -> None:
-            with caller.connection_for_write() as conn:
-                conn.default_channel.queue_delete(queue)
-
-        cleanup.append(delete_queue)
-
+    h = Harness(broker, tmp_path, jobs)
+    # RabbitMQ redelivers at once: a 6 s lease is surely still held by the dead
+    # copy when the second worker gets the message, so the wait path runs.
+    h.env["LOSS_LEASE_SECONDS"] = "2" if broker == "redis" else "6"
+    client, prefix = h.client, h.prefix
     started = time.monotonic()
-    first = Worker("w1", env, queue, tmp_path / "w1.log")
-    cleanup.append(first.stop)
-    first.wait_ready()
-    result = caller.send_task("loss.train", args=(STEPS,), queue=queue)
-    cleanup.append(result.forget)
+    first = h.worker("w1")
+    result = h.send("loss.train", STEPS)
     wait_for(lambda: client.llen(f"{prefix}:begun") >= 3, 20, "three steps on the first worker")
     first.kill()
     killed_at = time.monotonic()
-    second = Worker("w2", env, queue, tmp_path / "w2.log")
-    cleanup.append(second.stop)
-    second.wait_ready()
+    second = h.worker("w2")
     try:
         value = result.get(timeout=30)
     except Exception:
         pytest.fail(f"no result; worker log:\n{second.log.read_text()[-4000:]}")
     finished_at = time.monotonic()
 
-    starts = [int(x) for x in client.lrange(f"{prefix}:starts", 0, -1)]
-    begun = [int(x) for x in client.lrange(f"{prefix}:begun", 0, -1)]
-    effects = client.lrange(f"{prefix}:effects", 0, -1)
+    starts, begun = h.ints("starts"), h.ints("begun")
     assert starts[0] == 0
     assert len(starts) == 2, starts
     resumed = starts[1]
@@ -229,23 +256,81 @@ def test_killed_worker_task_resumes_from_checkpoint_and_finishes_once(
     assert begun[len(done_first) :] == list(range(resumed, STEPS))
     expected = sum(range(STEPS))
     assert value == {"total": expected, "resumed_from": resumed, "token": 2}
-    assert effects == [f"total={expected}".encode()]  # the side effect, exactly once
+    assert h.strings("effects") == [f"total={expected}"]  # the side effect, exactly once
 
-    store = RedisTaskStore(client, prefix=prefix)
-    key = next(h for h in (client.keys(f"{prefix}:{{*}}:history")) if h).decode()[
-        len(prefix) + 2 : -len("}:history")
-    ]
-    history = store.history(key)
-    owners = [h for h in history if h["event"] == "started"]
-    assert [h["hostname"].split("@")[0] for h in owners] == ["w1", "w2"]
-    assert [h["token"] for h in owners] == [1, 2]
+    history = h.history()
+    owners = [e for e in history if e["event"] == "started"]
+    assert [e["hostname"].split("@")[0] for e in owners] == ["w1", "w2"]
+    assert [e["token"] for e in owners] == [1, 2]
     assert owners[1]["lost_before"] == 1
     assert history[-1]["event"] == "succeeded"
-    checkpointer = {x.decode() for x in client.lrange(f"{prefix}:checkpointer", 0, -1)}
-    assert checkpointer == {"CheckpointManager" if training_importable() else "JsonCheckpoints"}
+    expected_checkpointer = "CheckpointManager" if training_importable() else "JsonCheckpoints"
+    assert set(h.strings("checkpointer")) == {expected_checkpointer}
     if broker == "amqp":  # redelivered at once, while the dead copy's lease still ran
-        assert "busy" in [h["event"] for h in history]
+        assert "busy" in [e["event"] for e in history]
     print(  # noqa: T201 - the timings go into the report
         f"\n[{broker}] kill after {killed_at - started:.1f} s, "
         f"result {finished_at - killed_at:.1f} s after the kill, resumed at step {resumed}"
     )
+
+
+def test_copy_delivered_while_the_task_runs_waits_for_the_lease(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """Redis visibility timeout shorter than the task: the second copy waits, never reruns."""
+    h = Harness("redis", tmp_path, jobs)
+    steps = 10
+    h.env.update(LOSS_VISIBILITY_SECONDS="2", LOSS_STEP_SECONDS="0.5", LOSS_LEASE_SECONDS="1.5")
+    started = time.monotonic()
+    h.worker("w1")
+    h.worker("w2")
+    result = h.send("loss.train", steps)
+    value = result.get(timeout=40)
+    elapsed = time.monotonic() - started
+    expected = sum(range(steps))
+    assert value == {"total": expected, "resumed_from": 0, "token": 1}
+    assert h.ints("starts") == [0]  # one run only
+    assert h.ints("begun") == list(range(steps))  # no step ran twice
+    assert h.strings("effects") == [f"total={expected}"]
+    history = h.history()
+    (owner,) = [e for e in history if e["event"] == "started"]
+    busy = [e for e in history if e["event"] == "busy"]
+    assert busy, "the broker did not deliver a second copy while the task ran"
+    (succeeded,) = [e for e in history if e["event"] == "succeeded"]
+    assert all(owner["at"] < e["at"] < succeeded["at"] for e in busy)  # while it ran
+    print(f"\n[redis visibility] {len(busy)} early copies waited; {elapsed:.1f} s")  # noqa: T201
+
+
+def test_task_that_kills_every_worker_goes_to_the_dead_letter(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """max_redeliveries=1: two lost workers, then the task is dead-lettered, not run again."""
+    from recoverly.celery import TaskDeadLettered
+
+    h = Harness("amqp", tmp_path, jobs)
+    h.env["LOSS_LEASE_SECONDS"] = "1"
+    started = time.monotonic()
+    result = h.send("loss.crash")
+    workers = []
+    while not result.ready():
+        assert len(workers) < 4, h.strings("crashes")
+        workers.append(h.worker(f"w{len(workers) + 1}"))
+        wait_for(
+            lambda: result.ready() or workers[-1].proc.poll() is not None,
+            20,
+            "the crash or the verdict",
+        )
+    with pytest.raises(TaskDeadLettered) as info:
+        result.get(timeout=5)
+    elapsed = time.monotonic() - started
+    assert info.value.losses == 2
+    crashed = [c.split("@")[0] for c in h.strings("crashes")]
+    assert crashed == ["w1", "w2"]  # it ran twice, then never again
+    assert len(workers) == 3
+    assert workers[2].proc.poll() is None  # the third worker survived
+    (letter,) = h.store.dead_letters()
+    assert letter["task"] == "loss.crash"
+    assert letter["losses"] == 2
+    started_on = [e["hostname"].split("@")[0] for e in letter["history"] if e["event"] == "started"]
+    assert started_on == ["w1", "w2"]
+    print(f"\n[dead letter] after {elapsed:.1f} s, 3 workers")  # noqa: T201

@@ -34,12 +34,25 @@ class LeaseLost(RecoverlyError):
     """
 
     def __init__(self, key: str, token: int) -> None:
-        super().__init__(
-            f"task {key!r} lost its lease (fencing token {token} is stale); "
+        # The data is the args, so result backends that store exceptions as
+        # (type, args) rebuild the same error.
+        super().__init__(key, token)
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of the task."""
+        return str(self.args[0])
+
+    @property
+    def token(self) -> int:
+        """The fencing token this copy held."""
+        return int(self.args[1])
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.key!r} lost its lease (fencing token {self.token} is stale); "
             "another copy owns it now and this copy's writes are refused"
         )
-        self.key = key
-        self.token = token
 
 
 class TaskDeadLettered(RecoverlyError):
@@ -56,12 +69,23 @@ class TaskDeadLettered(RecoverlyError):
     """
 
     def __init__(self, key: str, losses: int) -> None:
-        super().__init__(
-            f"task {key!r} was moved to the dead letter after {losses} lost deliveries; "
-            "it will not run again (inspect RedisTaskStore.dead_letters())"
+        super().__init__(key, losses)
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of the task."""
+        return str(self.args[0])
+
+    @property
+    def losses(self) -> int:
+        """How many deliveries ended without finishing."""
+        return int(self.args[1])
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.key!r} was moved to the dead letter after {self.losses} lost "
+            "deliveries; it will not run again (inspect RedisTaskStore.dead_letters())"
         )
-        self.key = key
-        self.losses = losses
 
 
 class LeaseHeld(RejectedError):
