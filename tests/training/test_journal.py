@@ -227,3 +227,23 @@ def test_writes_after_close_are_not_journaled(tmp_path: Path):
     journal.ack(1)
     assert path.stat().st_size == size
     assert "pending=0" in repr(journal)
+
+
+def test_sync_flushes_only_when_something_was_written(tmp_path: Path, monkeypatch):
+    """sync() fsyncs after new writes and does nothing when there is nothing new."""
+    import recoverly.training._journal as journal_module
+
+    calls: list[int] = []
+    real = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    journal = Journal(tmp_path / "p.journal", 1 << 20, fsync=False)
+    journal.sync()
+    assert calls == []
+    _append(journal, 1)
+    _append(journal, 2)
+    journal.sync()
+    journal.sync()
+    assert len(calls) == 1
+    journal.ack(2)
+    journal.close()  # close syncs the ack line
+    assert len(calls) == 2

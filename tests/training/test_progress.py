@@ -32,8 +32,16 @@ from recoverly.training.models import Base  # noqa: E402
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest) -> Any:
     """An engine on SQLite or on this test's PostgreSQL schema."""
-    name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
-    return request.getfixturevalue(name)
+    return request.getfixturevalue(f"{_SERVERS[request.param]}_engine")
+
+
+_SERVERS = {"sqlite": "sqlite", "postgresql": "pg", "mariadb": "mysql"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def any_engine(request: pytest.FixtureRequest) -> Any:
+    """An engine on SQLite, PostgreSQL or MariaDB (whose writes take the portable path)."""
+    return request.getfixturevalue(f"{_SERVERS[request.param]}_engine")
 
 
 def _setup(engine: Any) -> int:
@@ -108,7 +116,8 @@ def test_updates_reach_both_tables_in_order(engine, tmp_path, clock, tracked):
     assert tracker.close(timeout=5)
 
 
-def test_progress_row_only_moves_forward(engine, tmp_path):
+def test_progress_row_only_moves_forward(any_engine, tmp_path):
+    engine = any_engine
     """A late replay of older steps changes neither the progress row nor newer history rows."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -126,7 +135,8 @@ def test_progress_row_only_moves_forward(engine, tmp_path):
     assert [(r.step, r.status) for r in rows] == [(50, "running"), (60, "running"), (40, "running")]
 
 
-def test_same_step_newer_report_wins(engine, tmp_path):
+def test_same_step_newer_report_wins(any_engine, tmp_path):
+    engine = any_engine
     """At the same step the later report replaces the earlier one, never the reverse."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -143,7 +153,8 @@ def test_same_step_newer_report_wins(engine, tmp_path):
     assert [r.status for r in _history(engine, run_id)] == ["done"]
 
 
-def test_replaying_a_batch_twice_is_idempotent(engine, tmp_path):
+def test_replaying_a_batch_twice_is_idempotent(any_engine, tmp_path):
+    engine = any_engine
     """Writing the same records again leaves exactly the same rows."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -378,3 +389,58 @@ def test_import_training_does_not_load_sqlalchemy():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_a_large_batch_is_written_whole(any_engine):
+    """A batch bigger than one statement's chunk lands completely, in step order."""
+    run_id = _setup(any_engine)
+    batch = [_record(s, float(s), run=run_id, seq=s) for s in range(1, 251)]
+    with Session(any_engine) as db:
+        ProgressWriter().write(db, batch)
+        db.commit()
+    assert [r.step for r in _history(any_engine, run_id)] == list(range(1, 251))
+    progress = _progress(any_engine, run_id)
+    assert progress is not None
+    assert progress.step == 250
+
+
+def test_statistics_and_repr_show_the_state(sqlite_engine, tmp_path, clock, tracked):
+    """statistics() and repr() report updates, delivery and the breaker state."""
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+    tracker.update(0, 1)
+    tracker.update(0, 2)
+    assert tracker.flush(timeout=10)
+    stats = tracker.statistics()
+    assert (stats.updates, stats.delivered, stats.pending, stats.circuit) == (2, 2, 0, "closed")
+    assert (stats.failed_sends, stats.rejected_sends, stats.recovered) == (0, 0, 0)
+    assert repr(tracker) == (
+        f"<ProgressTracker run={run_id} updates=2 delivered=2 pending=0 dropped=0 circuit=closed>"
+    )
+    assert tracker.journal_path == str(tmp_path / "j")
+
+
+def test_a_long_outage_keeps_the_journal_bounded_and_the_newest_progress(
+    sqlite_engine, tmp_path, clock, tracked
+):
+    """Past max_journal_bytes the oldest undelivered reports go; the newest reach the database."""
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, clock=clock)
+    path = tmp_path / "j"
+    tracker = _tracker(
+        tracked, sqlite_engine, 1, path, max_journal_bytes=8192, breaker=breaker, clock=clock
+    )
+    for step in range(1, 501):
+        tracker.update(0, step, {"loss": 1.0 / step})
+    assert path.stat().st_size <= 8192
+    stats = tracker.statistics()
+    assert stats.dropped > 0
+    assert stats.pending + stats.dropped == 500
+
+    assert _setup(sqlite_engine) == 1  # the database comes back
+    clock.advance(10)
+    assert tracker.flush(timeout=10)
+    steps = [r.step for r in _history(sqlite_engine, 1)]
+    assert steps == list(range(500 - stats.pending + 1, 501))
+    progress = _progress(sqlite_engine, 1)
+    assert progress is not None
+    assert progress.step == 500
