@@ -179,6 +179,16 @@ def test_non_finite_metrics_are_stored_as_json_strings(engine, tmp_path, clock, 
 
 
 # ---------------------------------------------------------------- outages
+def _until_rejected(tracker: ProgressTracker) -> Any:
+    """Wait (10 s at most) until the open breaker has refused a send; return the statistics."""
+    for _ in range(1000):
+        stats = tracker.statistics()
+        if stats.rejected_sends:
+            return stats
+        tracker.flush(timeout=0.01)
+    raise AssertionError(tracker.statistics())
+
+
 def test_tracking_starts_while_the_database_is_down(tmp_path, clock, tracked):
     """With no database at start, updates are journaled; the rows appear once it exists."""
     folder = tmp_path / "later"
@@ -187,8 +197,8 @@ def test_tracking_starts_while_the_database_is_down(tmp_path, clock, tracked):
     tracker = _tracker(tracked, engine, 1, tmp_path / "j", breaker=breaker, clock=clock)
     for step in range(1, 6):
         tracker.update(0, step, {"loss": 1.0})
-    assert not tracker.flush(timeout=0.3)
-    stats = tracker.statistics()
+    assert not tracker.flush(timeout=0.05)
+    stats = _until_rejected(tracker)
     assert stats.failed_sends == 2  # then the breaker stopped the attempts
     assert stats.rejected_sends >= 1
     assert (stats.pending, stats.circuit) == (5, "open")
@@ -213,8 +223,8 @@ def test_update_never_raises_when_the_database_errors(sqlite_engine, tmp_path, c
         tracker.update(0, step, {"loss": 1.0})
         calls += 1
     assert calls == 100
-    assert not tracker.flush(timeout=0.2)
-    assert tracker.statistics().failed_sends == 1
+    assert not tracker.flush(timeout=0.05)
+    assert _until_rejected(tracker).failed_sends == 1
     assert tracker.statistics().pending == 100
 
     assert _setup(sqlite_engine) == 1
@@ -444,3 +454,29 @@ def test_a_long_outage_keeps_the_journal_bounded_and_the_newest_progress(
     progress = _progress(sqlite_engine, 1)
     assert progress is not None
     assert progress.step == 500
+
+
+def test_progress_names_are_exported_documented_and_show_their_public_module():
+    """Each progress name is in recoverly.training.__all__, documented, at its public path."""
+    import inspect
+
+    from recoverly import training
+
+    names = {
+        "ProgressRecord": "recoverly.training",
+        "ProgressStatistics": "recoverly.training",
+        "ProgressTracker": "recoverly.training",
+        "ProgressWriter": "recoverly.training",
+        "initialize_progress_tracking": "recoverly.training",
+        "update_training_progress": "recoverly.training",
+        "ModelRun": "recoverly.training.models",
+        "TrainingProgress": "recoverly.training.models",
+        "TrainingProgressHistory": "recoverly.training.models",
+    }
+    for name, module in names.items():
+        assert name in training.__all__, name
+        obj = getattr(training, name)
+        assert obj.__module__ == module, name
+        assert ".. versionadded:: 0.2" in (inspect.getdoc(obj) or ""), name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = training.Nope
