@@ -247,3 +247,26 @@ def test_sync_flushes_only_when_something_was_written(tmp_path: Path, monkeypatc
     journal.ack(2)
     journal.close()  # close syncs the ack line
     assert len(calls) == 2
+
+
+def test_failed_compaction_is_not_retried_on_every_append(tmp_path: Path, monkeypatch):
+    """When the rewrite fails, appends go on and the next try waits for another half bound."""
+    path = tmp_path / "p.journal"
+    journal = Journal(path, 4096, fsync=False)
+    tries: list[int] = []
+
+    def broken(self: Path, data: bytes) -> int:
+        tries.append(len(data))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", broken)
+    for step in range(1, 80):
+        seq = _append(journal, step)
+        journal.ack(seq)  # everything delivered: only the file size triggers compaction
+    assert 1 <= len(tries) <= 5  # not once per append past the bound (~50 of them)
+    assert journal.pending_count == 0
+    monkeypatch.undo()
+    for step in range(80, 200):
+        journal.ack(_append(journal, step))
+    assert path.stat().st_size <= 4096  # compaction works again once the disk does
+    journal.close()

@@ -144,6 +144,7 @@ class Journal:
 
     __slots__ = (
         "_closed",
+        "_compact_at",
         "_compacted",
         "_disk_failing",
         "_fd",
@@ -166,6 +167,7 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, fsync: bool) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._compact_at = max_bytes  # file size that triggers a compaction
         self.fsync = fsync
         self._lock = threading.Lock()
         self._pending: deque[tuple[ProgressRecord, int]] = deque()  # (record, line size)
@@ -308,7 +310,7 @@ class Journal:
             self._pending_bytes += len(line)
             self.appended += 1
             self._write(line)
-            if self._file_bytes > self.max_bytes or self._pending_bytes > self.max_bytes:
+            if self._file_bytes > self._compact_at or self._pending_bytes > self.max_bytes:
                 self._compact()
             return record
 
@@ -342,7 +344,7 @@ class Journal:
                 _, size = self._pending.popleft()
                 self._pending_bytes -= size
             self._write(encode({"ack": seq}))
-            if self._file_bytes > self.max_bytes:
+            if self._file_bytes > self._compact_at:
                 self._compact()
 
     def sync(self) -> None:
@@ -403,7 +405,10 @@ class Journal:
             tmp.replace(self.path)
         except OSError as exc:
             self._disk_trouble("compaction", exc)
+            # Try again only after another half bound of writes, not on every append.
+            self._compact_at = self._file_bytes + budget
             return
+        self._compact_at = self.max_bytes
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._open()
