@@ -480,3 +480,29 @@ def test_progress_names_are_exported_documented_and_show_their_public_module():
         assert ".. versionadded:: 0.2" in (inspect.getdoc(obj) or ""), name
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = training.Nope
+
+
+def test_numpy_scalars_are_plain_numbers_in_the_journal(sqlite_engine, tmp_path, clock, tracked):
+    """numpy floats and ints are accepted as metrics and delivered as JSON numbers."""
+    np = pytest.importorskip("numpy")
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+    tracker.update(0, 1, {"loss": np.float32(0.5), "seen": np.int64(64)})
+    assert tracker.flush(timeout=10)
+    progress = _progress(sqlite_engine, run_id)
+    assert progress is not None
+    assert progress.metrics == {"loss": 0.5, "seen": 64}
+    assert type(progress.metrics["seen"]) is int
+
+
+def test_more_bad_arguments_are_reported_together(sqlite_engine, tmp_path, tracked):
+    """Non-string metric names, a bad status type, an empty run id: one error names each."""
+    tracker = _tracker(tracked, sqlite_engine, 1, tmp_path / "j")
+    with pytest.raises(TypeError, match=r"metrics keys must be strings, got 3.*status must be"):
+        tracker.update(0, 1, {3: 1.0}, status=None)
+    with pytest.raises(TypeError, match="progress_percentage must be a number"):
+        tracker.update(0, 1, progress_percentage="half")
+    with pytest.raises(ValueError, match="run_id must not be empty"):
+        ProgressTracker(sqlite_engine, "", tmp_path / "k")
+    with pytest.raises(TypeError, match=r"journal_path must be a path.*fsync must be a bool"):
+        ProgressTracker(sqlite_engine, "run-a", 5, fsync="yes")
