@@ -506,3 +506,19 @@ def test_more_bad_arguments_are_reported_together(sqlite_engine, tmp_path, track
         ProgressTracker(sqlite_engine, "", tmp_path / "k")
     with pytest.raises(TypeError, match=r"journal_path must be a path.*fsync must be a bool"):
         ProgressTracker(sqlite_engine, "run-a", 5, fsync="yes")
+
+
+def test_progress_names_without_sqlalchemy_say_what_to_install():
+    """Without SQLAlchemy, checkpoints import and a progress name names the db extra."""
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "import recoverly.training as t\n"
+        "t.ProgressRecord\n"
+        "try:\n    t.ProgressTracker\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(  # noqa: S603 - fixed command
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == (
+        "recoverly.training.ProgressTracker needs SQLAlchemy 2: pip install 'recoverly[db]'"
+    )
