@@ -522,3 +522,32 @@ def test_progress_names_without_sqlalchemy_say_what_to_install():
     assert out.stdout.strip() == (
         "recoverly.training.ProgressTracker needs SQLAlchemy 2: pip install 'recoverly[db]'"
     )
+
+
+def test_a_late_replay_of_an_old_journal_does_not_overwrite_newer_progress(
+    engine, tmp_path, clock, tracked
+):
+    """An old journal replayed after newer reports leaves the newer rows as they are."""
+    down = sa.create_engine(f"sqlite:///{tmp_path / 'no' / 'db.sqlite'}")
+    run_id = _setup(engine)
+    old = _tracker(tracked, down, run_id, tmp_path / "old.journal", clock=clock)
+    for step in range(1, 51):
+        old.update(0, step, {"loss": 1.0, "attempt": 1})
+    assert old.close(timeout=0.05) is False  # 50 records stay in the old journal
+    clock.advance(60)
+    new = _tracker(tracked, engine, run_id, tmp_path / "new.journal", clock=clock)
+    for step in range(1, 101):
+        new.update(1, step, {"loss": 0.5, "attempt": 2})
+    new.update(1, 100, status="completed")
+    assert new.close(timeout=10)
+
+    late = _tracker(tracked, engine, run_id, tmp_path / "old.journal", clock=clock)
+    assert late.statistics().recovered == 50
+    assert late.close(timeout=10)
+    progress = _progress(engine, run_id)
+    assert progress is not None
+    assert (progress.step, progress.status) == (100, "completed")
+    rows = _history(engine, run_id)
+    assert [r.step for r in rows] == list(range(1, 101))
+    assert {r.metrics["attempt"] for r in rows[:99]} == {2}
+    down.dispose()
