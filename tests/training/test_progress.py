@@ -551,3 +551,25 @@ def test_a_late_replay_of_an_old_journal_does_not_overwrite_newer_progress(
     assert [r.step for r in rows] == list(range(1, 101))
     assert {r.metrics["attempt"] for r in rows[:99]} == {2}
     down.dispose()
+
+
+def test_updates_from_several_threads_are_all_delivered(sqlite_engine, tmp_path, clock, tracked):
+    """Four threads reporting at once: every report is counted, journaled and delivered."""
+    import threading
+
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+
+    def report(offset: int) -> None:
+        for i in range(250):
+            tracker.update(0, offset + 4 * i, {"loss": 1.0})
+
+    threads = [threading.Thread(target=report, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracker.flush(timeout=10)
+    stats = tracker.statistics()
+    assert (stats.updates, stats.delivered, stats.pending) == (1000, 1000, 0)
+    assert sorted(r.step for r in _history(sqlite_engine, run_id)) == list(range(1000))
