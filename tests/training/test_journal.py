@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from recoverly.training._journal import Journal, decode, encode
 
@@ -227,3 +229,91 @@ def test_writes_after_close_are_not_journaled(tmp_path: Path):
     journal.ack(1)
     assert path.stat().st_size == size
     assert "pending=0" in repr(journal)
+
+
+def test_sync_flushes_only_when_something_was_written(tmp_path: Path, monkeypatch):
+    """sync() fsyncs after new writes and does nothing when there is nothing new."""
+    import recoverly.training._journal as journal_module
+
+    calls: list[int] = []
+    real = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    journal = Journal(tmp_path / "p.journal", 1 << 20, fsync=False)
+    journal.sync()
+    assert calls == []
+    _append(journal, 1)
+    _append(journal, 2)
+    journal.sync()
+    journal.sync()
+    assert len(calls) == 1
+    journal.ack(2)
+    journal.close()  # close syncs the ack line
+    assert len(calls) == 2
+
+
+def test_failed_compaction_is_not_retried_on_every_append(tmp_path: Path, monkeypatch):
+    """When the rewrite fails, appends go on and the next try waits for another half bound."""
+    path = tmp_path / "p.journal"
+    journal = Journal(path, 4096, fsync=False)
+    tries: list[int] = []
+
+    def broken(self: Path, data: bytes) -> int:
+        tries.append(len(data))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", broken)
+    for step in range(1, 80):
+        seq = _append(journal, step)
+        journal.ack(seq)  # everything delivered: only the file size triggers compaction
+    assert 1 <= len(tries) <= 5  # not once per append past the bound (~50 of them)
+    assert journal.pending_count == 0
+    monkeypatch.undo()
+    for step in range(80, 200):
+        journal.ack(_append(journal, step))
+    assert path.stat().st_size <= 4096  # compaction works again once the disk does
+    journal.close()
+
+
+# One operation: (kind, size). Kind 0 reopens the journal after a torn write of size % 31
+# bytes, 1-2 acknowledge size % 3 of the oldest pending records, 3-9 append a record whose
+# metric name is size characters long (so appends dominate and the bound is reached).
+_OPS = st.lists(st.tuples(st.integers(0, 9), st.integers(1, 120)), min_size=30, max_size=80)
+
+
+@given(ops=_OPS)
+@settings(max_examples=25)
+def test_journal_invariants_hold_for_any_sequence_of_operations(ops, tmp_path_factory):
+    """Pending stays ordered, bounded, the newest tail, across reopening and torn writes."""
+    path = tmp_path_factory.mktemp("j") / "p.journal"
+    journal = Journal(path, 1024, fsync=False)
+    appended: list[int] = []  # seqs in order
+    acked = dropped = 0
+    pending: list[int] = []
+    for kind, arg in ops:
+        if kind >= 3:
+            seq = journal.append(1, 0, len(appended), "r", None, {"x" * arg: 1.0}, 0.0).seq
+            assert seq == (appended[-1] + 1 if appended else seq)
+            appended.append(seq)
+        elif kind >= 1:
+            oldest = journal.pending(arg % 3)
+            if oldest:
+                acked = oldest[-1].seq
+                journal.ack(acked)
+        else:
+            dropped += journal.dropped
+            journal.close()
+            if arg % 31:
+                with path.open("ab") as f:
+                    f.write(encode({"seq": 10**6, "run": 1})[: arg % 31])
+            journal = Journal(path, 1024, fsync=False)
+        pending = [r.seq for r in journal.pending(10**6)]
+        assert pending == sorted(pending)
+        assert all(seq > acked for seq in pending)
+        undelivered = [seq for seq in appended if seq > acked]
+        assert pending == undelivered[len(undelivered) - len(pending) :]  # a newest tail
+        if undelivered:
+            assert pending, "the newest undelivered record is always kept"
+        assert path.stat().st_size <= 1024
+    event(f"records dropped: {dropped + journal.dropped > 0}")
+    journal.close()
+    assert [r.seq for r in Journal(path, 1024, fsync=False).pending(10**6)] == pending

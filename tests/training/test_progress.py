@@ -32,8 +32,16 @@ from recoverly.training.models import Base  # noqa: E402
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest) -> Any:
     """An engine on SQLite or on this test's PostgreSQL schema."""
-    name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
-    return request.getfixturevalue(name)
+    return request.getfixturevalue(f"{_SERVERS[request.param]}_engine")
+
+
+_SERVERS = {"sqlite": "sqlite", "postgresql": "pg", "mariadb": "mysql"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def any_engine(request: pytest.FixtureRequest) -> Any:
+    """An engine on SQLite, PostgreSQL or MariaDB (whose writes take the portable path)."""
+    return request.getfixturevalue(f"{_SERVERS[request.param]}_engine")
 
 
 def _setup(engine: Any) -> int:
@@ -108,7 +116,8 @@ def test_updates_reach_both_tables_in_order(engine, tmp_path, clock, tracked):
     assert tracker.close(timeout=5)
 
 
-def test_progress_row_only_moves_forward(engine, tmp_path):
+def test_progress_row_only_moves_forward(any_engine, tmp_path):
+    engine = any_engine
     """A late replay of older steps changes neither the progress row nor newer history rows."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -126,7 +135,8 @@ def test_progress_row_only_moves_forward(engine, tmp_path):
     assert [(r.step, r.status) for r in rows] == [(50, "running"), (60, "running"), (40, "running")]
 
 
-def test_same_step_newer_report_wins(engine, tmp_path):
+def test_same_step_newer_report_wins(any_engine, tmp_path):
+    engine = any_engine
     """At the same step the later report replaces the earlier one, never the reverse."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -143,7 +153,8 @@ def test_same_step_newer_report_wins(engine, tmp_path):
     assert [r.status for r in _history(engine, run_id)] == ["done"]
 
 
-def test_replaying_a_batch_twice_is_idempotent(engine, tmp_path):
+def test_replaying_a_batch_twice_is_idempotent(any_engine, tmp_path):
+    engine = any_engine
     """Writing the same records again leaves exactly the same rows."""
     run_id = _setup(engine)
     writer = ProgressWriter()
@@ -168,6 +179,16 @@ def test_non_finite_metrics_are_stored_as_json_strings(engine, tmp_path, clock, 
 
 
 # ---------------------------------------------------------------- outages
+def _until_rejected(tracker: ProgressTracker) -> Any:
+    """Wait (10 s at most) until the open breaker has refused a send; return the statistics."""
+    for _ in range(1000):
+        stats = tracker.statistics()
+        if stats.rejected_sends:
+            return stats
+        tracker.flush(timeout=0.01)
+    raise AssertionError(tracker.statistics())
+
+
 def test_tracking_starts_while_the_database_is_down(tmp_path, clock, tracked):
     """With no database at start, updates are journaled; the rows appear once it exists."""
     folder = tmp_path / "later"
@@ -176,8 +197,8 @@ def test_tracking_starts_while_the_database_is_down(tmp_path, clock, tracked):
     tracker = _tracker(tracked, engine, 1, tmp_path / "j", breaker=breaker, clock=clock)
     for step in range(1, 6):
         tracker.update(0, step, {"loss": 1.0})
-    assert not tracker.flush(timeout=0.3)
-    stats = tracker.statistics()
+    assert not tracker.flush(timeout=0.05)
+    stats = _until_rejected(tracker)
     assert stats.failed_sends == 2  # then the breaker stopped the attempts
     assert stats.rejected_sends >= 1
     assert (stats.pending, stats.circuit) == (5, "open")
@@ -202,8 +223,8 @@ def test_update_never_raises_when_the_database_errors(sqlite_engine, tmp_path, c
         tracker.update(0, step, {"loss": 1.0})
         calls += 1
     assert calls == 100
-    assert not tracker.flush(timeout=0.2)
-    assert tracker.statistics().failed_sends == 1
+    assert not tracker.flush(timeout=0.05)
+    assert _until_rejected(tracker).failed_sends == 1
     assert tracker.statistics().pending == 100
 
     assert _setup(sqlite_engine) == 1
@@ -378,3 +399,177 @@ def test_import_training_does_not_load_sqlalchemy():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_a_large_batch_is_written_whole(any_engine):
+    """A batch bigger than one statement's chunk lands completely, in step order."""
+    run_id = _setup(any_engine)
+    batch = [_record(s, float(s), run=run_id, seq=s) for s in range(1, 251)]
+    with Session(any_engine) as db:
+        ProgressWriter().write(db, batch)
+        db.commit()
+    assert [r.step for r in _history(any_engine, run_id)] == list(range(1, 251))
+    progress = _progress(any_engine, run_id)
+    assert progress is not None
+    assert progress.step == 250
+
+
+def test_statistics_and_repr_show_the_state(sqlite_engine, tmp_path, clock, tracked):
+    """statistics() and repr() report updates, delivery and the breaker state."""
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+    tracker.update(0, 1)
+    tracker.update(0, 2)
+    assert tracker.flush(timeout=10)
+    stats = tracker.statistics()
+    assert (stats.updates, stats.delivered, stats.pending, stats.circuit) == (2, 2, 0, "closed")
+    assert (stats.failed_sends, stats.rejected_sends, stats.recovered) == (0, 0, 0)
+    assert repr(tracker) == (
+        f"<ProgressTracker run={run_id} updates=2 delivered=2 pending=0 dropped=0 circuit=closed>"
+    )
+    assert tracker.journal_path == str(tmp_path / "j")
+
+
+def test_a_long_outage_keeps_the_journal_bounded_and_the_newest_progress(
+    sqlite_engine, tmp_path, clock, tracked
+):
+    """Past max_journal_bytes the oldest undelivered reports go; the newest reach the database."""
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, clock=clock)
+    path = tmp_path / "j"
+    tracker = _tracker(
+        tracked, sqlite_engine, 1, path, max_journal_bytes=8192, breaker=breaker, clock=clock
+    )
+    for step in range(1, 501):
+        tracker.update(0, step, {"loss": 1.0 / step})
+    assert path.stat().st_size <= 8192
+    stats = tracker.statistics()
+    assert stats.dropped > 0
+    assert stats.pending + stats.dropped == 500
+
+    assert _setup(sqlite_engine) == 1  # the database comes back
+    clock.advance(10)
+    assert tracker.flush(timeout=10)
+    steps = [r.step for r in _history(sqlite_engine, 1)]
+    assert steps == list(range(500 - stats.pending + 1, 501))
+    progress = _progress(sqlite_engine, 1)
+    assert progress is not None
+    assert progress.step == 500
+
+
+def test_progress_names_are_exported_documented_and_show_their_public_module():
+    """Each progress name is in recoverly.training.__all__, documented, at its public path."""
+    import inspect
+
+    from recoverly import training
+
+    names = {
+        "ProgressRecord": "recoverly.training",
+        "ProgressStatistics": "recoverly.training",
+        "ProgressTracker": "recoverly.training",
+        "ProgressWriter": "recoverly.training",
+        "initialize_progress_tracking": "recoverly.training",
+        "update_training_progress": "recoverly.training",
+        "ModelRun": "recoverly.training.models",
+        "TrainingProgress": "recoverly.training.models",
+        "TrainingProgressHistory": "recoverly.training.models",
+    }
+    for name, module in names.items():
+        assert name in training.__all__, name
+        obj = getattr(training, name)
+        assert obj.__module__ == module, name
+        assert ".. versionadded:: 0.2" in (inspect.getdoc(obj) or ""), name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = training.Nope
+
+
+def test_numpy_scalars_are_plain_numbers_in_the_journal(sqlite_engine, tmp_path, clock, tracked):
+    """numpy floats and ints are accepted as metrics and delivered as JSON numbers."""
+    np = pytest.importorskip("numpy")
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+    tracker.update(0, 1, {"loss": np.float32(0.5), "seen": np.int64(64)})
+    assert tracker.flush(timeout=10)
+    progress = _progress(sqlite_engine, run_id)
+    assert progress is not None
+    assert progress.metrics == {"loss": 0.5, "seen": 64}
+    assert type(progress.metrics["seen"]) is int
+
+
+def test_more_bad_arguments_are_reported_together(sqlite_engine, tmp_path, tracked):
+    """Non-string metric names, a bad status type, an empty run id: one error names each."""
+    tracker = _tracker(tracked, sqlite_engine, 1, tmp_path / "j")
+    with pytest.raises(TypeError, match=r"metrics keys must be strings, got 3.*status must be"):
+        tracker.update(0, 1, {3: 1.0}, status=None)
+    with pytest.raises(TypeError, match="progress_percentage must be a number"):
+        tracker.update(0, 1, progress_percentage="half")
+    with pytest.raises(ValueError, match="run_id must not be empty"):
+        ProgressTracker(sqlite_engine, "", tmp_path / "k")
+    with pytest.raises(TypeError, match=r"journal_path must be a path.*fsync must be a bool"):
+        ProgressTracker(sqlite_engine, "run-a", 5, fsync="yes")
+
+
+def test_progress_names_without_sqlalchemy_say_what_to_install():
+    """Without SQLAlchemy, checkpoints import and a progress name names the db extra."""
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "import recoverly.training as t\n"
+        "t.ProgressRecord\n"
+        "try:\n    t.ProgressTracker\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(  # noqa: S603 - fixed command
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == (
+        "recoverly.training.ProgressTracker needs SQLAlchemy 2: pip install 'recoverly[db]'"
+    )
+
+
+def test_a_late_replay_of_an_old_journal_does_not_overwrite_newer_progress(
+    engine, tmp_path, clock, tracked
+):
+    """An old journal replayed after newer reports leaves the newer rows as they are."""
+    down = sa.create_engine(f"sqlite:///{tmp_path / 'no' / 'db.sqlite'}")
+    run_id = _setup(engine)
+    old = _tracker(tracked, down, run_id, tmp_path / "old.journal", clock=clock)
+    for step in range(1, 51):
+        old.update(0, step, {"loss": 1.0, "attempt": 1})
+    assert old.close(timeout=0.05) is False  # 50 records stay in the old journal
+    clock.advance(60)
+    new = _tracker(tracked, engine, run_id, tmp_path / "new.journal", clock=clock)
+    for step in range(1, 101):
+        new.update(1, step, {"loss": 0.5, "attempt": 2})
+    new.update(1, 100, status="completed")
+    assert new.close(timeout=10)
+
+    late = _tracker(tracked, engine, run_id, tmp_path / "old.journal", clock=clock)
+    assert late.statistics().recovered == 50
+    assert late.close(timeout=10)
+    progress = _progress(engine, run_id)
+    assert progress is not None
+    assert (progress.step, progress.status) == (100, "completed")
+    rows = _history(engine, run_id)
+    assert [r.step for r in rows] == list(range(1, 101))
+    assert {r.metrics["attempt"] for r in rows[:99]} == {2}
+    down.dispose()
+
+
+def test_updates_from_several_threads_are_all_delivered(sqlite_engine, tmp_path, clock, tracked):
+    """Four threads reporting at once: every report is counted, journaled and delivered."""
+    import threading
+
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+
+    def report(offset: int) -> None:
+        for i in range(250):
+            tracker.update(0, offset + 4 * i, {"loss": 1.0})
+
+    threads = [threading.Thread(target=report, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracker.flush(timeout=10)
+    stats = tracker.statistics()
+    assert (stats.updates, stats.delivered, stats.pending) == (1000, 1000, 0)
+    assert sorted(r.step for r in _history(sqlite_engine, run_id)) == list(range(1000))

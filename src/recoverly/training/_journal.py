@@ -16,8 +16,8 @@ match is skipped with a warning.
 ``O_APPEND`` descriptor (no user-space buffer), so a record survives the
 process crashing the moment ``append`` returns. Surviving a power loss takes an
 ``fsync``: ``fsync=True`` does one per append (on the caller's thread);
-otherwise :meth:`Journal.sync` (which the tracker's sender thread calls after
-every pass) flushes what was written so far.
+otherwise :meth:`Journal.sync` (which the tracker's sender thread calls at
+most once a second) flushes what was written so far.
 
 **Bound.** The file never grows past ``max_bytes`` for long: when it does, or
 when the pending records alone exceed it, it is *compacted*: rewritten with the
@@ -33,6 +33,7 @@ tries the disk again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -143,6 +144,7 @@ class Journal:
 
     __slots__ = (
         "_closed",
+        "_compact_at",
         "_compacted",
         "_disk_failing",
         "_fd",
@@ -151,6 +153,7 @@ class Journal:
         "_next_seq",
         "_pending",
         "_pending_bytes",
+        "_unsynced",
         "acked",
         "appended",
         "corrupt_lines",
@@ -164,6 +167,7 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, fsync: bool) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._compact_at = max_bytes  # file size that triggers a compaction
         self.fsync = fsync
         self._lock = threading.Lock()
         self._pending: deque[tuple[ProgressRecord, int]] = deque()  # (record, line size)
@@ -174,6 +178,7 @@ class Journal:
         self._disk_failing = False
         self._compacted = False
         self._closed = False
+        self._unsynced = False
         self.acked = 0
         self.appended = 0
         self.dropped = 0
@@ -271,6 +276,7 @@ class Journal:
             self._disk_trouble("write", exc)
             return
         self._file_bytes += len(line)
+        self._unsynced = not self.fsync
         if self._disk_failing:
             _log.warning("Progress journal %s: writing works again", self.path)
             self._disk_failing = False
@@ -304,14 +310,14 @@ class Journal:
             self._pending_bytes += len(line)
             self.appended += 1
             self._write(line)
-            if self._file_bytes > self.max_bytes or self._pending_bytes > self.max_bytes:
+            if self._file_bytes > self._compact_at or self._pending_bytes > self.max_bytes:
                 self._compact()
             return record
 
     def pending(self, limit: int) -> list[ProgressRecord]:
         """Return up to ``limit`` of the oldest pending records, in journal order."""
         with self._lock:
-            return [record for record, _ in list(self._pending)[:limit]]
+            return [record for record, _ in itertools.islice(self._pending, limit)]
 
     @property
     def pending_count(self) -> int:
@@ -338,16 +344,17 @@ class Journal:
                 _, size = self._pending.popleft()
                 self._pending_bytes -= size
             self._write(encode({"ack": seq}))
-            if self._file_bytes > self.max_bytes:
+            if self._file_bytes > self._compact_at:
                 self._compact()
 
     def sync(self) -> None:
-        """Flush what was written to stable storage (``fsync``), never raising."""
+        """Flush what was written since the last sync to disk (``fsync``), never raising."""
         with self._lock:
-            fd = None if self._fd is None else os.dup(self._fd)
+            if not self._unsynced or self._fd is None:
+                return
+            fd = os.dup(self._fd)
             compacted, self._compacted = self._compacted, False
-        if fd is None:
-            return
+            self._unsynced = False
         try:
             os.fsync(fd)
             if compacted:
@@ -398,12 +405,16 @@ class Journal:
             tmp.replace(self.path)
         except OSError as exc:
             self._disk_trouble("compaction", exc)
+            # Try again only after another half bound of writes, not on every append.
+            self._compact_at = self._file_bytes + budget
             return
+        self._compact_at = self.max_bytes
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._open()
         self._file_bytes = len(data)
         self._compacted = True
+        self._unsynced = True
 
     def __repr__(self) -> str:
         return (

@@ -40,6 +40,7 @@ __all__ = ["ProgressWriter", "initialize_progress_tracking", "update_training_pr
 
 _log = logging.getLogger("recoverly")
 
+_ROWS_PER_STATEMENT = 100
 _PROGRESS_COLUMNS = (
     "model_run_id",
     "epoch",
@@ -218,12 +219,14 @@ class ProgressWriter:
         if ins is not None:
             new = ins.excluded
             changes = {key: new[key] for key in rows[0] if key not in ("model_run_id", "step")}
-            stmt = ins.values(rows).on_conflict_do_update(
+            upsert = ins.on_conflict_do_update(
                 index_elements=["model_run_id", "step"],
                 set_=changes,
                 where=table.c.recorded_at <= new.recorded_at,
             )
-            db.execute(stmt)
+            # Chunks keep each statement under SQLite's older 999-parameter limit.
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                db.execute(upsert.values(rows[start : start + _ROWS_PER_STATEMENT]))
             return
         for row in rows:
             key = and_(table.c.model_run_id == row["model_run_id"], table.c.step == row["step"])

@@ -408,3 +408,6 @@ def _check_metrics(p: Problems, metrics: object) -> dict[str, float]:
         else:
             p._bad(f"metrics[{key!r}] must be a number, got {value!r}", kind=True)
     return out
+
+
+Checkpoint.__module__ = CheckpointManager.__module__ = "recoverly.training"

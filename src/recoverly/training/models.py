@@ -31,9 +31,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 
-__all__ = ["Base", "ModelRun", "TrainingProgress", "TrainingProgressHistory"]
+__all__ = ["Base", "ModelRun", "Timestamp", "TrainingProgress", "TrainingProgressHistory"]
+
+
+#: Timestamps with time zone, to the microsecond on MySQL/MariaDB too (their default is seconds,
+#: too coarse to order two reports of the same step).
+Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def _now() -> dt.datetime:
@@ -65,8 +71,8 @@ class ModelRun(Base):
     status: Mapped[str] = mapped_column(String(32), default="created")
     usage_count: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=_now)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     accuracy: Mapped[float | None] = mapped_column(Float)
     final_score: Mapped[float | None] = mapped_column(Float)
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -96,7 +102,7 @@ class TrainingProgress(Base):
     status: Mapped[str] = mapped_column(String(64), default="initialized")
     progress_percentage: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=_now)
 
     current_epoch = synonym("epoch")
 
@@ -127,7 +133,7 @@ class TrainingProgressHistory(Base):
     status: Mapped[str] = mapped_column(String(64))
     progress_percentage: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[dt.datetime] = mapped_column(Timestamp)
 
     def __repr__(self) -> str:
         return f"<TrainingProgressHistory run={self.model_run_id} step={self.step}>"

@@ -139,8 +139,7 @@ class _LocalTransaction(StoreTransaction):
         write_new_file(self._staging / filename, chunks)
 
     def commit(self, manifest: bytes) -> None:
-        atomic_write_bytes(self._staging / MANIFEST, manifest)
-        fsync_dir(self._staging)
+        atomic_write_bytes(self._staging / MANIFEST, manifest)  # fsyncs the staging dir too
         target = self._root / self._name
         trash = None
         if target.exists():
@@ -246,6 +245,7 @@ class _FsspecTransaction(StoreTransaction):
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._done = False
         _mark(self._key, active=True)
+        store.fs.makedirs(store._path(name, self._token), exist_ok=True)  # local filesystems
 
     @property
     def _key(self) -> str:
@@ -367,3 +367,7 @@ class FsspecStore(Store):
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
+
+
+for _cls in (Store, StoreTransaction, LocalStore, FsspecStore):
+    _cls.__module__ = "recoverly.training"
