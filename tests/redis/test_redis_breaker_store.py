@@ -513,3 +513,94 @@ def test_close_leaves_a_client_passed_in_open(client: Any, redis_prefix: str) ->
     store.close()
     assert not any(t.name == "recoverly-redis-breaker-own" for t in threading.enumerate())
     assert client.ping() is True
+
+
+def test_reading_state_moves_open_to_half_open_on_the_server(
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
+) -> None:
+    """breaker.state after the open period asks Redis, which moves OPEN to HALF_OPEN once."""
+    half_opened: list[str] = []
+    store = make_store()
+    breaker = breaker_on(store, clock, on_half_open=lambda _: half_opened.append("b"))
+    fail(breaker, 3)
+    assert breaker.state is CircuitState.OPEN  # no round trip: the local copy says OPEN
+    client.hset(hash_key(redis_prefix), "u", "0")
+    clock.advance(11)
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert half_opened == ["b"]
+    assert client.hget(hash_key(redis_prefix), "s") == b"half_open"
+
+
+def test_uncounted_exception_gives_the_probe_slot_back(
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
+) -> None:
+    """A probe that raises an exception the breaker does not count frees its slot in Redis."""
+    breaker = breaker_on(make_store(), clock, expected_exception=Boom)
+    fail(breaker, 3)
+    client.hset(hash_key(redis_prefix), "u", "0")
+    clock.advance(11)
+    with pytest.raises(KeyError):
+        breaker.call(lambda: {}["missing"])
+    assert client.hget(hash_key(redis_prefix), "p") == b"0"
+    assert breaker.call(ok) == 1  # the next probe gets the slot and closes the breaker
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_client_decoding_responses_is_supported(
+    redis_url: str, redis_prefix: str, clock: ManualClock
+) -> None:
+    """A client created with decode_responses=True works the same (replies are str)."""
+    text_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = RedisBreakerStore(text_client, "text", prefix=redis_prefix)
+    try:
+        breaker = breaker_on(store, clock)
+        fail(breaker, 3)
+        assert store.snapshot().state is CircuitState.OPEN
+        assert breaker.statistics().failed_calls == 3
+    finally:
+        store.close()
+        text_client.close()
+
+
+def test_every_operation_works_on_the_local_fallback(clock: ManualClock) -> None:
+    """With Redis unreachable, state, reset, force_open, statistics and probes run locally."""
+    from redis_servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisBreakerStore(url, "local", reconnect_interval=60)
+    try:
+        breaker = breaker_on(store, clock, recovery_timeout=5.0)
+        fail(breaker, 3)
+        assert breaker.state is CircuitState.OPEN
+        assert breaker.statistics().failed_calls == 3
+        clock.advance(6)
+        assert breaker.state is CircuitState.HALF_OPEN
+        with pytest.raises(KeyError):
+            breaker.call(lambda: {}["missing"])  # not counted: the slot is released
+        assert store.snapshot().probes_in_flight == 0
+        breaker.force_open()
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(ok)
+        breaker.reset()
+        assert breaker.call(ok) == 1
+        assert "degraded" in repr(store)
+    finally:
+        store.close()
+
+
+def test_fail_closed_store_reports_open_while_down(clock: ManualClock) -> None:
+    """With fail_open=False and Redis unreachable, the state reads OPEN and nothing is counted."""
+    from redis_servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisBreakerStore(url, "shut", fail_open=False, reconnect_interval=60)
+    try:
+        breaker = breaker_on(store, clock)
+        assert breaker.state is CircuitState.OPEN
+        assert store.snapshot().retry_after == 60
+        assert store.force(CircuitState.CLOSED) == ()
+        with pytest.raises(CircuitBreakerError) as info:
+            breaker.call(ok)
+        assert info.value.retry_after == 60
+    finally:
+        store.close()

@@ -288,3 +288,39 @@ def test_missing_redis_py_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert out.stdout.strip() == ("recoverly.redis needs redis-py: pip install 'recoverly[redis]'")
+
+
+def test_client_decoding_responses_is_supported(
+    redis_url: str, redis_prefix: str, clock: ManualClock
+) -> None:
+    """A client created with decode_responses=True gives the same decisions and waits."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisRateLimiter(client, 1, per=10, name="text", prefix=redis_prefix, clock=clock)
+    try:
+        assert limiter.try_acquire()
+        with pytest.raises(RateLimitExceeded) as info:
+            limiter.acquire(timeout=0)
+        assert info.value.retry_after is not None
+        assert 9.9 < info.value.retry_after <= 10.0
+        assert 0.0 <= limiter.available() < 0.01
+    finally:
+        client.close()
+
+
+def test_available_falls_back_with_redis(clock: ManualClock) -> None:
+    """available() reads the local bucket (fail open) or zero (fail closed) while Redis is down."""
+    from redis_servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    opened = RedisRateLimiter(url, 4, per=60, name="down-open", clock=clock)
+    closed = RedisRateLimiter(url, 4, per=60, name="down-shut", fail_open=False, clock=clock)
+    try:
+        assert opened.try_acquire()
+        assert opened.available() == pytest.approx(3.0)
+        assert closed.available() == 0.0
+        opened.reset()  # refills the local bucket; Redis is still unreachable
+        assert opened.available() == pytest.approx(4.0)
+        assert "degraded" in repr(opened.store)
+    finally:
+        opened.close()
+        closed.close()

@@ -79,14 +79,6 @@ class Script:
             self.load(client)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
-    async def arun(self, client: Any, keys: tuple[str, ...], args: tuple[object, ...]) -> Any:
-        """Like :meth:`run`, with a ``redis.asyncio`` client."""
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-
 
 class Outage:
     """Whether Redis is reachable, logging one WARNING per outage and one INFO per recovery.
