@@ -17,12 +17,9 @@ delivery started from) and ``<prefix>:begun`` (each step as it begins).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import redis
@@ -61,39 +58,6 @@ client = redis.Redis.from_url(REDIS_URL)
 store = RedisTaskStore(client, prefix=PREFIX, result_ttl=600, state_ttl=600)
 
 
-class JsonCheckpoints:
-    """A minimal stand-in for CheckpointManager: one JSON file, replaced atomically."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "latest.json"
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def load_latest(self) -> Any:
-        if not self.path.exists():
-            return None
-        data = json.loads(self.path.read_text())
-        return SimpleNamespace(step=data["step"], state=data["state"])
-
-    def save(self, step: int, state: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump({"step": step, "state": state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
-
-    def close(self) -> None:
-        pass
-
-
-def checkpoints_for(task: Any) -> Any:
-    """recoverly.training's CheckpointManager on the task's directory, if importable."""
-    try:
-        return task.checkpoints(keep_last=2)
-    except ImportError:
-        return JsonCheckpoints(task.checkpoint_dir)
-
-
 @resilient_task(
     app,
     store=store,
@@ -104,12 +68,11 @@ def checkpoints_for(task: Any) -> Any:
 )
 def train(self: Any, steps: int) -> dict[str, Any]:
     """Sum the step numbers, one step at a time, checkpointing after every step."""
-    checkpoints = checkpoints_for(self)
+    checkpoints = self.checkpoints(keep_last=2)
     latest = checkpoints.load_latest()
     start = latest.step if latest is not None else 0
     total = latest.state["total"] if latest is not None else 0
     client.rpush(f"{PREFIX}:starts", start)
-    client.rpush(f"{PREFIX}:checkpointer", type(checkpoints).__name__)
     for step in range(start, steps):
         self.lease.check()
         client.rpush(f"{PREFIX}:begun", step)

@@ -27,14 +27,13 @@ The class sets ``acks_late = True`` and ``reject_on_worker_lost = True``; see
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore, Reject  # type: ignore[import-untyped]
 from celery.exceptions import Retry as CeleryRetry
@@ -45,6 +44,9 @@ from recoverly.celery._lease import Lease
 from recoverly.celery.errors import LeaseHeld, LeaseLost, TaskDeadLettered
 from recoverly.celery.store import Begin, RedisTaskStore
 from recoverly.retry import Retry
+
+if TYPE_CHECKING:
+    from recoverly.training import CheckpointManager
 
 __all__ = ["KEY_ARGUMENT", "ResilientTask", "configure_app", "resilient_task"]
 
@@ -224,14 +226,15 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise RuntimeError(msg)
         run.on_commit.append(write)
 
-    def checkpoints(self, **options: Any) -> Any:
+    def checkpoints(self, **options: Any) -> CheckpointManager:
         """Return a ``recoverly.training.CheckpointManager`` on :attr:`checkpoint_dir`.
 
         Args:
             **options: Passed to ``CheckpointManager`` (``keep_last=``, ...).
         """
-        training = importlib.import_module("recoverly.training")  # the optional extra
-        return training.CheckpointManager(self.checkpoint_dir, **options)
+        from recoverly.training import CheckpointManager  # noqa: PLC0415 - numpy on first use
+
+        return CheckpointManager(self.checkpoint_dir, **options)
 
     def idempotency_key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Return the key a call with these arguments gets when none is given.
