@@ -98,8 +98,7 @@ class RedisLimiterStore:
         try:
             reply: list[Any] = _SCRIPT.run(self._client, (self.key_of(key),), args)
         except ERRORS as exc:
-            what = "decisions are local" if self.fail_open else "every request is refused"
-            outage.fail(exc, what)
+            outage.fail(exc, self._fallback_text())
             return None
         if outage.down:
             outage.recovered()
@@ -139,7 +138,10 @@ class RedisLimiterStore:
             keys = [self._base, *self._client.scan_iter(match=_glob_escape(self._base) + ":*")]
             self._client.delete(*keys)
         except ERRORS as exc:
-            self._outage.fail(exc, "decisions are local" if self.fail_open else "refusing")
+            self._outage.fail(exc, self._fallback_text())
+
+    def _fallback_text(self) -> str:
+        return "decisions are local" if self.fail_open else "every request is refused"
 
     def close(self) -> None:
         """Close the client if it was made from a URL (a client passed in is left open)."""
