@@ -52,10 +52,12 @@ class RateLimiterStatistics:
 
 
 def count_of(counter: itertools.count[int]) -> int:
+    """Return the next value of ``counter`` without consuming it."""
     return int(repr(counter)[6:-1])  # "count(N)": read without consuming
 
 
 def positive_number(p: Problems, name: str, value: object) -> float:
+    """Check a finite number ``> 0`` (recorded in ``p`` otherwise; ``1.0`` stands in)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         p._bad(f"{name} must be a number > 0, got {value!r}", kind=True)
         return 1.0
