@@ -180,6 +180,7 @@ def test_released_probe_slot_admits_another_probe(
     assert b.acquire()[0] < 0
     a.release(first)
     assert b.snapshot().probes_in_flight == 0
+    clock.advance(0.02)  # b asks Redis again no sooner than 10 ms after its refusal
     assert b.acquire()[0] == first
 
 
@@ -198,6 +199,7 @@ def test_lost_probe_slot_is_reclaimed_after_its_lease(
     assert a.acquire()[0] >= 0  # this "process" dies holding the slot
     assert b.acquire()[0] < 0
     client.hset(hash_key(redis_prefix), "l", "0")  # the lease ran out
+    clock.advance(0.02)
     assert b.acquire()[0] >= 0
     assert b.snapshot().probes_in_flight == 1
 
@@ -604,3 +606,41 @@ def test_fail_closed_store_reports_open_while_down(clock: ManualClock) -> None:
         assert info.value.retry_after == 60
     finally:
         store.close()
+
+
+def test_full_probe_slots_are_asked_for_at_most_every_10_ms(
+    make_store: MakeStore, redis_url: str, redis_prefix: str, clock: ManualClock
+) -> None:
+    """While another process holds the probe slot, a hundred calls cost one round trip."""
+    sent: list[str] = []
+    counting = redis.Redis.from_url(redis_url)
+    inner = counting.execute_command
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return inner(*args, **options)
+
+    counting.execute_command = execute_command  # type: ignore[method-assign]
+    a = make_store()
+    b = RedisBreakerStore(counting, "svc", prefix=redis_prefix, cache_ttl=60)
+    try:
+        breaker_on(a, clock)
+        breaker_on(b, clock)
+        for _ in range(3):
+            a.on_failure(a.acquire()[0], 0.0)
+        admin = redis.Redis.from_url(redis_url)
+        admin.hset(hash_key(redis_prefix), "u", "0")
+        admin.close()
+        clock.advance(11)
+        assert a.acquire()[0] >= 0  # a holds the only probe slot
+        b.snapshot()  # b's copy: HALF_OPEN
+        before = len(sent)
+        refused = [b.acquire() for _ in range(100)]
+        assert all(r[0] < 0 and r[1] is CircuitState.HALF_OPEN for r in refused)
+        assert len(sent) - before == 1
+        clock.advance(0.011)
+        assert b.acquire()[0] < 0
+        assert len(sent) - before == 2
+    finally:
+        b.close()
+        counting.close()

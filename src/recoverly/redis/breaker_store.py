@@ -44,6 +44,11 @@ _HALF_OPEN, _FORCED_OPEN, _DISABLED = (
 _NONE: tuple[Transition, ...] = ()
 Reply = list[Any]
 
+#: Seconds a process waits before asking Redis again for a probe slot after
+#: finding them all taken: without it, every call of every process would be a
+#: round trip while a probe runs.
+HALF_OPEN_RECHECK = 0.01
+
 
 class RedisBreakerStore:
     """A :class:`~recoverly.stores.BreakerStore` kept in Redis, for breakers shared by processes.
@@ -55,7 +60,8 @@ class RedisBreakerStore:
 
     Cost: a CLOSED breaker's successful call and a call rejected while OPEN make
     no round trip; a counted failure, the first success after failures and each
-    OPEN -> HALF_OPEN -> CLOSED step make one ``EVALSHA``. HALF_OPEN admits
+    OPEN -> HALF_OPEN -> CLOSED step make one ``EVALSHA``. While the probe
+    slots are taken, a process asks for one at most every 10 ms. HALF_OPEN admits
     ``half_open_max_calls`` probes across all processes together; a slot whose
     process died is reclaimed after ``probe_lease`` seconds. Hooks and events
     fire once, in the process that made the change.
@@ -106,6 +112,7 @@ class RedisBreakerStore:
         "_lock",
         "_outage",
         "_owns_client",
+        "_recheck_at",
         "_refreshed_at",
         "_settings",
         "_stop",
@@ -153,6 +160,7 @@ class RedisBreakerStore:
         self._local: InMemoryBreakerStore | None = None
         self._outage = Outage(f"circuit breaker {name!r}", retry, REAL.monotonic)
         self._refreshed_at = -math.inf
+        self._recheck_at = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fast = -1
@@ -284,6 +292,8 @@ class RedisBreakerStore:
                 return
             if not authoritative and gen < self._cache[1]:
                 return  # an older reply overtaken by a newer one
+            if gen != self._cache[1]:
+                self._recheck_at = -math.inf
             self._cache = (state, gen, cons)
             if state is _OPEN:
                 self.fast = -1
@@ -345,6 +355,22 @@ class RedisBreakerStore:
         """Admit or reject one call (a round trip only when OPEN is due or HALF_OPEN)."""
         if self._outage.down:
             return self._degraded_acquire()
+        decided = self._decide_locally()
+        if decided is not None:
+            return decided
+        result = self._run("acquire")
+        if result is None:
+            return self._degraded_acquire()
+        reply, sent = result
+        self._apply(reply, sent)
+        permit, state = int(reply[0]), CircuitState(text(reply[1]))
+        if permit < 0 and state is _HALF_OPEN:
+            self._recheck_at = sent + HALF_OPEN_RECHECK
+        left_text = text(reply[4])
+        return permit, state, float(left_text) if left_text else None, transitions(reply)
+
+    def _decide_locally(self) -> Admission | None:
+        """The admission the local copy can give without a round trip, if any."""
         state, gen, _ = self._cache
         if state is _CLOSED or state is _DISABLED:
             return gen, state, None, _NONE
@@ -354,18 +380,9 @@ class RedisBreakerStore:
             left = self.reject_until - self._now()
             if left > 0:
                 return REJECTED, state, left, _NONE
-        result = self._run("acquire")
-        if result is None:
-            return self._degraded_acquire()
-        reply, sent = result
-        self._apply(reply, sent)
-        left_text = text(reply[4])
-        return (
-            int(reply[0]),
-            CircuitState(text(reply[1])),
-            float(left_text) if left_text else None,
-            transitions(reply),
-        )
+        elif state is _HALF_OPEN and self._now() < self._recheck_at:
+            return REJECTED, state, None, _NONE  # the probe slots were all taken just now
+        return None
 
     def _degraded_acquire(self) -> Admission:
         local = self._local
