@@ -29,9 +29,8 @@ def expire_lease(store: RedisTaskStore, key: str) -> None:
 
 def lose_delivery(store: RedisTaskStore, key: str, hostname: str) -> int:
     """A delivery that started on ``hostname`` and whose worker died (lease expired)."""
-    begin = store.begin(key, 30.0)
+    begin = store.begin(key, 30.0, record={"hostname": hostname})
     assert begin.kind == "owner"
-    store.record(key, "started", hostname=hostname, token=begin.token)
     expire_lease(store, key)
     return begin.token
 

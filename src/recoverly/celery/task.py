@@ -281,16 +281,40 @@ class ResilientTask(Task):  # type: ignore[misc]
             except Exception as exc:
                 self._retry_or_raise(exc, self.request.retries + 1)
                 raise
-        begin = store.begin(key, self.lease_seconds)
+        request = self.request
+        where = {"hostname": request.hostname, "task_id": request.id}
+        begin = store.begin(
+            key,
+            self.lease_seconds,
+            max_redeliveries=self.max_redeliveries,
+            record={**where, "retries": request.retries},
+        )
         if begin.kind != "owner":
-            return self._not_owner(store, key, begin)
+            return self._not_owner(store, key, begin, args, kwargs)
         return self._own(store, key, begin, args, kwargs)
 
-    def _not_owner(self, store: RedisTaskStore, key: str, begin: Begin) -> Any:
+    def _not_owner(
+        self,
+        store: RedisTaskStore,
+        key: str,
+        begin: Begin,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         request = self.request
         if begin.kind == "done":
             return begin.result
         if begin.kind == "dead":
+            if begin.newly_dead:  # this copy found one loss too many: file it
+                store.dead_letter(
+                    key,
+                    begin.losses,
+                    task=self.name,
+                    args=args,
+                    kwargs=kwargs,
+                    hostname=request.hostname,
+                    task_id=request.id,
+                )
             raise TaskDeadLettered(key, begin.losses)
         # Another live copy holds the lease: come back when it would have expired.
         wait = begin.retry_after + min(1.0, self.lease_seconds / 10.0)
@@ -310,13 +334,6 @@ class ResilientTask(Task):  # type: ignore[misc]
     ) -> Any:
         request = self.request
         where = {"hostname": request.hostname, "task_id": request.id, "token": begin.token}
-        cap = self.max_redeliveries
-        if cap is not None and begin.losses > cap:
-            store.dead_letter(
-                key, begin.token, begin.losses, task=self.name, args=args, kwargs=kwargs, **where
-            )
-            raise TaskDeadLettered(key, begin.losses)
-        store.record(key, "started", retries=request.retries, lost_before=begin.losses, **where)
         lease = Lease(store, key, begin.token, self.lease_seconds)
         run = _Run(key, lease, self._checkpoint_dir(key))
         request.recoverly_run = run
@@ -343,10 +360,9 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise
         lease.stop()
         try:
-            store.commit(key, begin.token, result, run.on_commit)
+            store.commit(key, begin.token, result, run.on_commit, record=where)
         except LeaseLost:
             return self._superseded(store, key, begin.token)
-        store.record(key, "succeeded", **where)
         if begin.failures and self.retry_policy is not None:
             self.retry_policy._finished(self.name, begin.failures + 1, None, None)
         return result
