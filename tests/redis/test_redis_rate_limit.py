@@ -324,3 +324,14 @@ def test_available_falls_back_with_redis(clock: ManualClock) -> None:
     finally:
         opened.close()
         closed.close()
+
+
+def test_an_asyncio_client_is_refused_up_front(redis_url: str) -> None:
+    """A redis.asyncio client (or anything else) is a TypeError at construction, not later."""
+    from redis import asyncio as aioredis
+
+    aclient = aioredis.Redis.from_url(redis_url)
+    with pytest.raises(TypeError, match=r"redis\.Redis client or a URL"):
+        RedisRateLimiter(aclient, 5, name="async")
+    with pytest.raises(TypeError, match=r"redis\.Redis client or a URL"):
+        RedisLimiterStore(42, "number")
