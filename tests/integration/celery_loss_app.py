@@ -12,7 +12,8 @@ Configured through environment variables set by the test:
 - ``LOSS_VISIBILITY_SECONDS`` the Redis broker's visibility timeout
 
 The task appends to Redis lists the test reads: ``<prefix>:starts`` (the step each
-delivery started from) and ``<prefix>:begun`` (each step as it begins).
+delivery started from), ``<prefix>:pids`` (the process running each delivery) and
+``<prefix>:begun`` (each step as it begins).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def train(self: Any, steps: int) -> dict[str, Any]:
     start = latest.step if latest is not None else 0
     total = latest.state["total"] if latest is not None else 0
     client.rpush(f"{PREFIX}:starts", start)
+    client.rpush(f"{PREFIX}:pids", os.getpid())
     for step in range(start, steps):
         self.lease.check()
         client.rpush(f"{PREFIX}:begun", step)

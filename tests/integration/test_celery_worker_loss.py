@@ -9,6 +9,9 @@ dead copy's lease still alive, and waits for it with a countdown. Either way the
 second delivery resumes at the checkpointed step, and the result and its side
 effect are written exactly once, under the new fencing token.
 
+With the prefork pool, killing only the pool process shows ``reject_on_worker_lost``:
+the worker requeues the message and a new pool process resumes it.
+
 Two more cases with real workers: a Redis visibility timeout shorter than the
 task (the broker hands a second copy to an idle worker while the first still
 runs; the copy waits for the lease and never reruns the work), and a task that
@@ -83,7 +86,9 @@ def amqp_or_skip() -> None:
 class Worker:
     """One ``celery worker`` process; its log goes to a file the test can poll."""
 
-    def __init__(self, name: str, env: dict[str, str], queue: str, log: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], queue: str, log: Path, pool: str = "solo"
+    ) -> None:
         self.name = name
         self.log = log
         self.handle = log.open("wb")
@@ -95,7 +100,7 @@ class Worker:
                 "-A",
                 "celery_loss_app",
                 "worker",
-                "--pool=solo",
+                f"--pool={pool}",
                 "-c",
                 "1",
                 "-Q",
@@ -186,9 +191,9 @@ class Harness:
         with self.caller.connection_for_write() as conn:
             conn.default_channel.queue_delete(self.queue)
 
-    def worker(self, name: str) -> Worker:
+    def worker(self, name: str, pool: str = "solo") -> Worker:
         """Start a worker on this run's queue and wait until it consumes."""
-        worker = Worker(name, self.env, self.queue, self.tmp_path / f"{name}.log")
+        worker = Worker(name, self.env, self.queue, self.tmp_path / f"{name}.log", pool)
         self.jobs.append(worker.stop)
         worker.wait_ready()
         return worker
@@ -335,3 +340,39 @@ def test_task_that_kills_every_worker_goes_to_the_dead_letter(
     started_on = [e["hostname"].split("@")[0] for e in letter["history"] if e["event"] == "started"]
     assert started_on == ["w1", "w2"]
     print(f"\n[dead letter] after {elapsed:.1f} s, 3 workers")  # noqa: T201
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_killed_pool_process_is_requeued_and_resumes(
+    broker: str, tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """Prefork child SIGKILLed: reject_on_worker_lost requeues; a new child resumes once."""
+    h = Harness(broker, tmp_path, jobs)
+    h.env["LOSS_LEASE_SECONDS"] = "2"
+    started = time.monotonic()
+    worker = h.worker("w1", pool="prefork")
+    result = h.send("loss.train", STEPS)
+    wait_for(lambda: len(h.ints("begun")) >= 3, 20, "three steps in the pool process")
+    (child,) = h.ints("pids")
+    os.kill(child, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        value = result.get(timeout=30)
+    except Exception:
+        pytest.fail(f"no result; worker log:\n{worker.log.read_text()[-4000:]}")
+    elapsed = time.monotonic() - killed_at
+    assert worker.proc.poll() is None  # the main process lived on
+    starts = h.ints("starts")
+    assert len(starts) == 2, starts
+    assert starts[0] == 0
+    assert starts[1] > 0
+    first_pid, second_pid = h.ints("pids")
+    assert first_pid != second_pid  # a new pool process ran the requeued message
+    expected = sum(range(STEPS))
+    assert value == {"total": expected, "resumed_from": starts[1], "token": 2}
+    assert h.strings("effects") == [f"total={expected}"]
+    assert "WorkerLostError" in worker.log.read_text()
+    print(  # noqa: T201
+        f"\n[{broker} prefork] child killed after {killed_at - started:.1f} s, "
+        f"result {elapsed:.1f} s later, resumed at step {starts[1]}"
+    )
