@@ -378,3 +378,38 @@ def test_commit_with_needs_a_store(app):
 
     with pytest.raises(RuntimeError, match="commit_with needs a task_store"):
         job.apply().get()
+
+
+def test_giving_up_starts_the_attempt_count_afresh(app, store):
+    """After the policy gave up, the same work submitted again gets every attempt again."""
+    calls: list[int] = []
+
+    @resilient_task(app, retry=retry(max_attempts=3, delay=1.0), store=store)
+    def job(self):
+        calls.append(self.fencing_token)
+        raise ConnectionError("still down")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            job.apply(kwargs={KEY_ARGUMENT: "g"}).get()
+    assert calls == [1, 2, 3, 4, 5, 6]  # 3 attempts, then 3 more
+    assert [h["event"] for h in store.history("g")].count("failed") == 6
+
+
+def test_unreachable_store_fails_before_running(app):
+    """With the store's Redis down, an eager delivery raises its error and runs nothing."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry as RedisRetry
+
+    runs: list[int] = []
+    client = redis.Redis(port=1, socket_connect_timeout=0.5, retry=RedisRetry(NoBackoff(), 0))
+    down = RedisTaskStore(client)
+
+    @resilient_task(app, store=down)
+    def job(self):
+        runs.append(1)
+
+    with pytest.raises(redis.ConnectionError):
+        job.apply().get()
+    assert runs == []

@@ -79,11 +79,18 @@ end
 return 1
 """
 
-#: KEYS: lease, state. ARGV: token, failed (1/0).
-#: Ends a delivery that stored no result: counts it finished, frees the lease.
+#: KEYS: lease, state, history. ARGV: token, outcome, history entry ('' = none).
+#: Ends a delivery that stored no result: counts it finished and frees the lease.
+#: outcome "retry" counts a failed attempt, "gave-up" starts the count afresh (a
+#: later submission of the same work gets every attempt again), "" leaves it.
 FINISH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('HINCRBY', KEYS[2], 'finished', 1)
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[2], 'failures', 1) end
+if ARGV[2] == 'retry' then redis.call('HINCRBY', KEYS[2], 'failures', 1) end
+if ARGV[2] == 'gave-up' then redis.call('HSET', KEYS[2], 'failures', 0) end
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('LTRIM', KEYS[3], -100, -1)
+end
 return 1
 """

@@ -270,10 +270,29 @@ class RedisTaskStore:
                 return False
         return True
 
-    def finish(self, idempotency_key: str, token: int, *, failed: bool = False) -> None:
-        """End a delivery that stored no result: count it finished and free the lease."""
+    def finish(
+        self,
+        idempotency_key: str,
+        token: int,
+        *,
+        outcome: str = "",
+        record: Mapping[str, object] | None = None,
+    ) -> None:
+        """End a delivery that stored no result: count it finished and free the lease.
+
+        Args:
+            idempotency_key: The task's idempotency key.
+            token: The fencing token of the delivery.
+            outcome: ``"retry"`` counts a failed attempt; ``"gave-up"`` resets the
+                count, so a later submission of the same work starts afresh.
+            record: Details of a ``"failed"`` history entry.
+        """
         k = idempotency_key
-        self._finish(keys=[self.key(k, "lease"), self.key(k, "state")], args=[token, int(failed)])
+        entry = "" if record is None else self._entry("failed", record)
+        self._finish(
+            keys=[self.key(k, "lease"), self.key(k, "state"), self.key(k, "history")],
+            args=[token, outcome, entry],
+        )
 
     def fenced(self, idempotency_key: str, token: int, write: Callable[[Any], object]) -> None:
         """Apply Redis writes atomically, only while ``token`` is the newest fencing token.

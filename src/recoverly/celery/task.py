@@ -33,8 +33,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import redis
 from celery.exceptions import Ignore, Reject  # type: ignore[import-untyped]
 from celery.exceptions import Retry as CeleryRetry
 
@@ -279,16 +280,25 @@ class ResilientTask(Task):  # type: ignore[misc]
             except (CeleryRetry, Ignore, Reject):
                 raise
             except Exception as exc:
-                self._retry_or_raise(exc, self.request.retries + 1)
+                wait = self._retry_wait(exc, self.request.retries + 1)
+                if wait is not None:
+                    self._retry(exc, wait)
                 raise
         request = self.request
         where = {"hostname": request.hostname, "task_id": request.id}
-        begin = store.begin(
-            key,
-            self.lease_seconds,
-            max_redeliveries=self.max_redeliveries,
-            record={**where, "retries": request.retries},
-        )
+        try:
+            begin = store.begin(
+                key,
+                self.lease_seconds,
+                max_redeliveries=self.max_redeliveries,
+                record={**where, "retries": request.retries},
+            )
+        except redis.RedisError as exc:
+            # The store is unreachable: keep the message (bounded by max_retries)
+            # rather than run unguarded or fail for good.
+            if request.is_eager or request.called_directly:
+                raise
+            raise self.retry(exc=exc, countdown=self.lease_seconds) from exc
         if begin.kind != "owner":
             return self._not_owner(store, key, begin, args, kwargs)
         return self._own(store, key, begin, args, kwargs)
@@ -350,9 +360,15 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise
         except Exception as exc:
             lease.stop()
-            store.finish(key, begin.token, failed=True)
-            store.record(key, "failed", exception=f"{type(exc).__name__}: {exc}", **where)
-            self._retry_or_raise(exc, begin.failures + 1)
+            wait = self._retry_wait(exc, begin.failures + 1)
+            store.finish(
+                key,
+                begin.token,
+                outcome="gave-up" if wait is None else "retry",
+                record={**where, "exception": f"{type(exc).__name__}: {exc}"},
+            )
+            if wait is not None:
+                self._retry(exc, wait)
             raise
         except BaseException:
             lease.stop()
@@ -377,17 +393,22 @@ class ResilientTask(Task):  # type: ignore[misc]
         # The newer copy reports the task's state; this one must not overwrite it.
         raise Ignore
 
-    def _retry_or_raise(self, exc: Exception, failures: int) -> None:
-        """Hand ``exc`` to Celery's retry with the policy's wait; return to re-raise it."""
+    def _retry_wait(self, exc: Exception, failures: int) -> float | None:
+        """Return the policy's countdown for retrying ``exc``, or ``None`` to give up."""
         policy = self.retry_policy
         if policy is None or self.request.called_directly or not policy._retryable(exc):
-            return
+            return None
         decision = policy._next_delay(failures, exc, None, 0.0)
         if isinstance(decision, str):
             policy._finished(self.name, failures, exc, decision)
-            return
+            return None
         policy._scheduled(self.name, failures, exc, decision)
-        raise self.retry(exc=exc, countdown=decision, max_retries=self.request.retries + 1)
+        return decision
+
+    def _retry(self, exc: Exception, countdown: float) -> NoReturn:
+        """Send the task back to the queue through Celery's own retry."""
+        # recoverly's policy is the limit: Celery's max_retries must not stop it first.
+        raise self.retry(exc=exc, countdown=countdown, max_retries=self.request.retries + 1)
 
 
 def configure_app(app: Celery, *, visibility_timeout: Duration | None = None) -> None:
