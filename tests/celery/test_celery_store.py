@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -270,7 +271,7 @@ def test_stale_copy_without_a_newer_result_raises_lease_lost(app, store):
     assert store.result("s2") == (False, None)
 
 
-def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store):
+def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store, caplog):
     """After 2 allowed redeliveries, a third lost worker sends the task to the dead letter."""
     runs: list[int] = []
 
@@ -281,9 +282,15 @@ def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store):
 
     for host in ("w1", "w2", "w3"):
         lose_delivery(store, "d", host)
-    with pytest.raises(TaskDeadLettered) as info:
+    with (
+        caplog.at_level(logging.ERROR, logger="recoverly"),
+        pytest.raises(TaskDeadLettered) as info,
+    ):
         job.apply(args=(1,), kwargs={KEY_ARGUMENT: "d"}).get()
     assert info.value.losses == 3
+    assert f"task {job.name} (d) moved to the dead letter after 3 lost deliveries" in (
+        caplog.messages
+    )
     assert runs == []
     (letter,) = store.dead_letters()
     assert (letter["key"], letter["losses"], letter["task"]) == ("d", 3, job.name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -55,6 +56,7 @@ __all__ = ["KEY_ARGUMENT", "ResilientTask", "configure_app", "resilient_task"]
 #: before the function is called.
 KEY_ARGUMENT = "idempotency_key"
 
+_log = logging.getLogger("recoverly")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -316,6 +318,12 @@ class ResilientTask(Task):  # type: ignore[misc]
             return begin.result
         if begin.kind == "dead":
             if begin.newly_dead:  # this copy found one loss too many: file it
+                _log.error(
+                    "task %s (%s) moved to the dead letter after %d lost deliveries",
+                    self.name,
+                    key,
+                    begin.losses,
+                )
                 store.dead_letter(
                     key,
                     begin.losses,
@@ -328,6 +336,9 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise TaskDeadLettered(key, begin.losses)
         # Another live copy holds the lease: come back when it would have expired.
         wait = begin.retry_after + min(1.0, self.lease_seconds / 10.0)
+        _log.info(
+            "task %s (%s) is running elsewhere; checking again in %.1fs", self.name, key, wait
+        )
         store.record(key, "busy", hostname=request.hostname, task_id=request.id, wait=wait)
         if request.is_eager or request.called_directly:
             msg = f"task {key!r} is running elsewhere; retry in {wait:.1f} s"
