@@ -339,3 +339,10 @@ def test_subclass_with_a_key_method_body(app):
         return self.idempotency_key
 
     assert job.apply(args=(3,), kwargs={"verbose": True}).get() == "dataset-3"
+
+
+def test_surprising_retry_mapping_warns_at_the_callers_line(app):
+    """A retry mapping that retries forever warns, pointing at the resilient_task call."""
+    with pytest.warns(UserWarning, match="retries forever") as caught:
+        resilient_task(app, retry={"max_attempts": None})
+    assert caught[0].filename == __file__
