@@ -299,13 +299,14 @@ def test_closed_success_path_sends_no_command(private_redis: Any, clock: ManualC
 
 
 def test_change_reaches_other_store_through_pubsub_fast(
-    make_store: MakeStore, clock: ManualClock
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
 ) -> None:
     """With pub/sub, another store sees an opening long before its cache_ttl re-read."""
     a = breaker_on(make_store(cache_ttl=30.0), clock)
     b_store = make_store(cache_ttl=30.0)
     breaker_on(b_store, clock)
-    time.sleep(0.05)  # let b's watcher subscribe
+    channel = hash_key(redis_prefix) + ":changes"
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 2)  # both watchers listen
     fail(a, 3)
     took = wait_for(lambda: b_store.fast < 0, seconds=1.0)
     assert took < 1.0
