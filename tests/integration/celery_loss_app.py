@@ -3,7 +3,8 @@
 Configured through environment variables set by the test:
 
 - ``LOSS_BROKER_URL``  the broker (Redis or RabbitMQ)
-- ``LOSS_REDIS_URL``   Redis for the result backend and the task store
+- ``LOSS_REDIS_URL``   Redis for the result backend and the lists the test reads
+- ``LOSS_STORE_URL``   Redis for the task store (default: ``LOSS_REDIS_URL``)
 - ``LOSS_PREFIX``      key prefix of this test run (store keys and observation lists)
 - ``LOSS_QUEUE``       the queue of this test run
 - ``LOSS_CKPT_ROOT``   the checkpoint root
@@ -55,8 +56,9 @@ if BROKER.startswith("redis"):
         unacked_mutex_expire=3,
     )
 
-client = redis.Redis.from_url(REDIS_URL)
-store = RedisTaskStore(client, prefix=PREFIX, result_ttl=600, state_ttl=600)
+client = redis.Redis.from_url(REDIS_URL)  # the lists the test reads
+STORE_URL = os.environ.get("LOSS_STORE_URL", REDIS_URL)
+store = RedisTaskStore(STORE_URL, prefix=PREFIX, result_ttl=600, state_ttl=600)
 
 
 @resilient_task(

@@ -16,14 +16,17 @@ Two more cases with real workers: a Redis visibility timeout shorter than the
 task (the broker hands a second copy to an idle worker while the first still
 runs; the copy waits for the lease and never reruns the work), and a task that
 kills its worker every time (after ``max_redeliveries`` it goes to the dead
-letter instead of looping forever).
+letter instead of looping forever). And the store's own Redis down when a task
+arrives: the message is kept through Celery's retry and runs once Redis is back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -376,3 +379,38 @@ def test_killed_pool_process_is_requeued_and_resumes(
         f"\n[{broker} prefork] child killed after {killed_at - started:.1f} s, "
         f"result {elapsed:.1f} s later, resumed at step {starts[1]}"
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_store_outage_keeps_the_message_until_redis_is_back(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """The store's Redis is down when the task arrives: Celery retries it, it then runs once."""
+    server_binary = shutil.which("redis-server")
+    if server_binary is None:
+        pytest.skip("redis-server is not installed (needed for a private store server)")
+    h = Harness("redis", tmp_path, jobs)
+    port = free_port()
+    h.env.update(LOSS_STORE_URL=f"redis://127.0.0.1:{port}/0", LOSS_LEASE_SECONDS="2")
+    worker = h.worker("w1")
+    result = h.send("loss.train", 3)
+    wait_for(lambda: result.state == "RETRY", 20, "the retry after the store failed")
+    assert h.ints("starts") == []  # nothing ran unguarded
+    assert "ConnectionError" in worker.log.read_text()
+    server = subprocess.Popen(  # noqa: S603 - a private server on a free port
+        [server_binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs.append(lambda: (server.kill(), server.wait(10)))
+    value = result.get(timeout=30)
+    assert value == {"total": 3, "resumed_from": 0, "token": 1}
+    assert h.ints("starts") == [0]
+    private = redis.Redis(port=port)
+    jobs.append(private.close)
+    assert private.lrange(f"{h.prefix}:effects", 0, -1) == [b"total=3"]
