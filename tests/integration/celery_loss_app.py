@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from celery import Celery
+from recoverly import retry
 from recoverly.celery import RedisTaskStore, configure_app, resilient_task
 
 BROKER = os.environ.get("LOSS_BROKER_URL", "redis://127.0.0.1:6379/1")
@@ -96,3 +97,18 @@ def crash(self: Any) -> None:
     """Kill the worker running it, every time (an OOM in a native library, say)."""
     client.rpush(f"{PREFIX}:crashes", self.request.hostname)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@resilient_task(
+    app,
+    retry=retry(max_attempts=3, delay=1.0, backoff=2.0, exceptions=ConnectionError),
+    store=store,
+    name="loss.flaky",
+)
+def flaky(self: Any, failures: int) -> int:
+    """Fail with ConnectionError the first ``failures`` times, recording when each attempt ran."""
+    client.rpush(f"{PREFIX}:attempts", f"{time.time()} {self.request.retries}")
+    if client.llen(f"{PREFIX}:attempts") <= failures:
+        msg = "upstream down"
+        raise ConnectionError(msg)
+    return failures

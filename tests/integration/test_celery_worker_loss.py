@@ -17,12 +17,14 @@ task (the broker hands a second copy to an idle worker while the first still
 runs; the copy waits for the lease and never reruns the work), and a task that
 kills its worker every time (after ``max_redeliveries`` it goes to the dead
 letter instead of looping forever). And the store's own Redis down when a task
-arrives: the message is kept through Celery's retry and runs once Redis is back.
+arrives: the message is kept through Celery's retry and runs once Redis is back. And
+the policy's backoff as the countdown Celery really waits in a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -414,3 +416,21 @@ def test_store_outage_keeps_the_message_until_redis_is_back(
     private = redis.Redis(port=port)
     jobs.append(private.close)
     assert private.lrange(f"{h.prefix}:effects", 0, -1) == [b"total=3"]
+
+
+def test_policy_backoff_is_the_real_worker_countdown(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """In a real worker, two failures come back after the policy's 1 s and 2 s countdowns."""
+    h = Harness("redis", tmp_path, jobs)
+    h.worker("w1")
+    result = h.send("loss.flaky", 2)
+    assert result.get(timeout=30) == 2
+    attempts = [line.split() for line in h.strings("attempts")]
+    assert [int(retries) for _, retries in attempts] == [0, 1, 2]  # Celery's own retries
+    times = [float(at) for at, _ in attempts]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[0] >= 1.0  # the first countdown: delay
+    assert gaps[1] >= 2.0  # the second: delay * backoff
+    history = [e["event"] for e in h.history()]
+    assert history == ["started", "failed", "started", "failed", "started", "succeeded"]
