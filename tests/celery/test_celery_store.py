@@ -420,3 +420,10 @@ def test_unreachable_store_fails_before_running(app):
     with pytest.raises(redis.ConnectionError):
         job.apply().get()
     assert runs == []
+
+
+def test_store_from_a_url_has_bounded_socket_waits():
+    """A store built from a URL gets connect and read timeouts (a hung Redis cannot stall it)."""
+    store = RedisTaskStore("redis://127.0.0.1:6379/1")
+    kwargs = store.client.connection_pool.connection_kwargs
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (5.0, 10.0)

@@ -73,7 +73,9 @@ class RedisTaskStore:
     """Task results, leases, fencing tokens and the dead letter in Redis.
 
     Args:
-        client: A ``redis.Redis`` client or a ``redis://`` URL.
+        client: A ``redis.Redis`` client or a ``redis://`` URL (a client made from a
+            URL times out after 5 s connecting and 10 s reading; give your own
+            client for other settings, and give it timeouts too).
         prefix: Prefix of every key this store writes.
         result_ttl: How long a finished task's result is kept (seconds or a
             ``timedelta``); redeliveries within this time return it. ``None``
@@ -117,7 +119,9 @@ class RedisTaskStore:
         p = Problems()
         given: object = client
         if isinstance(given, str):
-            given = redis.Redis.from_url(given)
+            # Bounded waits: a hung Redis must not stall the heartbeat (and every
+            # lease of the process) forever.
+            given = redis.Redis.from_url(given, socket_timeout=10.0, socket_connect_timeout=5.0)
         elif not isinstance(given, redis.Redis):
             p._bad(f"client must be a redis.Redis or a redis:// URL, got {client!r}", kind=True)
         self.prefix = p.optional_name("prefix", prefix) or "recoverly:celery"
