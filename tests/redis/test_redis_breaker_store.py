@@ -645,3 +645,19 @@ def test_full_probe_slots_are_asked_for_at_most_every_10_ms(
     finally:
         b.close()
         counting.close()
+
+
+@pytest.mark.realtime
+def test_lost_message_is_repaired_by_the_periodic_read(
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
+) -> None:
+    """A change that was never published (a lost message) reaches the copy within cache_ttl."""
+    ttl = 0.3
+    store = make_store(cache_ttl=ttl)
+    breaker_on(store, clock)
+    channel = hash_key(redis_prefix) + ":changes"
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)
+    client.hset(hash_key(redis_prefix), mapping={"s": "forced_open", "g": 7})  # no PUBLISH
+    took = wait_for(lambda: store.reject_until == float("inf"), seconds=5.0)
+    assert took <= ttl + 0.25
+    assert store.fast == -1
