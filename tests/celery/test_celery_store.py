@@ -427,3 +427,40 @@ def test_store_from_a_url_has_bounded_socket_waits():
     store = RedisTaskStore("redis://127.0.0.1:6379/1")
     kwargs = store.client.connection_pool.connection_kwargs
     assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (5.0, 10.0)
+
+
+def test_copies_racing_for_one_key_get_exactly_one_owner(store):
+    """Eight threads begin the same key at once: one owner, seven busy, one token issued."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    kinds: list[str] = []
+    lock = threading.Lock()
+
+    def copy() -> None:
+        barrier.wait()
+        begin = store.begin("race", 30.0)
+        with lock:
+            kinds.append(begin.kind)
+
+    threads = [threading.Thread(target=copy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(kinds) == ["busy"] * 7 + ["owner"]
+    assert int(store.client.get(store.key("race", "fence"))) == 1
+
+
+def test_only_the_newest_of_many_stale_owners_can_commit(store):
+    """Five takeovers in a row: every older token is refused, the newest writes."""
+    tokens = []
+    for _ in range(5):
+        tokens.append(store.begin("t", 30.0).token)
+        expire_lease(store, "t")
+    assert tokens == [1, 2, 3, 4, 5]
+    for stale in tokens[:-1]:
+        with pytest.raises(LeaseLost):
+            store.commit("t", stale, f"from {stale}")
+    store.commit("t", tokens[-1], "from 5")
+    assert store.result("t") == (True, "from 5")
