@@ -355,3 +355,24 @@ def test_numpy_checkpoints_do_not_import_torch(tmp_path):
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_async_snapshots_reuse_the_previous_buffers_without_mixing_states(tmp_path):
+    """The second snapshot copies into the first one's buffer; each checkpoint keeps its data."""
+    gate = threading.Event()
+    store = FlakyStore(tmp_path, [], gate=gate)
+    mgr = CheckpointManager(store, async_save=True, keep_last=None)
+    weights = np.zeros(1000)
+    gate.set()
+    mgr.save(1, {"w": weights})
+    mgr.wait()
+    buffer = mgr._spare.arrays[0]
+    gate.clear()
+    weights += 1
+    mgr.save(2, {"w": weights})
+    weights += 1  # not seen by checkpoint 2
+    gate.set()
+    mgr.wait()
+    assert mgr._spare.arrays[0] is buffer
+    assert not mgr.load(1).state["w"].any()
+    assert (mgr.load(2).state["w"] == 1).all()

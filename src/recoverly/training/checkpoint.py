@@ -12,8 +12,10 @@ the ``recoverly.training`` logger and the previous good one is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from recoverly.training._format import (
     read_state,
     write_entry,
 )
-from recoverly.training._retention import doomed
+from recoverly.training._retention import check_metrics, doomed
 from recoverly.training.storage import LocalStore, Store
 
 if TYPE_CHECKING:
@@ -113,6 +115,7 @@ class CheckpointManager:
         "_error",
         "_lock",
         "_retry",
+        "_spare",
         "_thread",
         "allow_pickle",
         "async_save",
@@ -163,6 +166,7 @@ class CheckpointManager:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._spare: _codec.Encoded | None = None
         self._closed = False
         self._cleanup()
 
@@ -194,12 +198,16 @@ class CheckpointManager:
         p.int_at_least("step", step, 0)
         if not isinstance(cast("object", state), Mapping):
             p._bad(f"state must be a dict, got {type(state).__name__}", kind=True)
-        clean = _check_metrics(p, metrics)
+        clean = check_metrics(p, metrics)
         p.raise_if_any()
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         self.wait()
-        enc = _codec.encode(dict(state), allow_pickle=self.allow_pickle, copy=self.async_save)
+        with self._lock:
+            spare, self._spare = self._spare, None
+        enc = _codec.encode(
+            dict(state), allow_pickle=self.allow_pickle, copy=self.async_save, pool=spare
+        )
         created_at = resolve(self._clock).wall()
         name = entry_name(step)
         if not self.async_save:
@@ -224,12 +232,17 @@ class CheckpointManager:
         self._prune(keep=name)
         return info
 
-    def _background(self, *args: Any) -> None:
+    def _background(
+        self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
+    ) -> None:
+        _lower_priority()
         try:
-            self._write(*args)
+            self._write(name, enc, step, metrics, at)
         except BaseException as exc:
             with self._lock:
                 self._error = exc
+        with self._lock:
+            self._spare = enc  # its buffers are free again: the next snapshot reuses them
 
     def wait(self) -> None:
         """Block until the background save (if any) is committed.
@@ -391,23 +404,18 @@ class CheckpointManager:
         )
 
 
-def _check_metrics(p: Problems, metrics: object) -> dict[str, float]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        p._bad(f"metrics must be a dict of str to numbers, got {metrics!r}", kind=True)
-        return {}
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool):
-            p._bad(f"metrics[{key!r}] must be a number under a str key, got {value!r}", kind=True)
-        elif type(value) in (int, float):
-            out[key] = float(value) if type(value) is float else value
-        elif hasattr(value, "__float__"):
-            out[key] = float(value)  # numpy and torch scalars
-        else:
-            p._bad(f"metrics[{key!r}] must be a number, got {value!r}", kind=True)
-    return out
+def _lower_priority() -> None:
+    """Make the calling (background) thread yield the CPU to the training thread.
+
+    On Linux the nice value is per thread; threads it starts (the hashing
+    helper) inherit it. Elsewhere, or when refused, nothing changes.
+    """
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None or not sys.platform.startswith("linux"):  # pragma: no cover
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 Checkpoint.__module__ = CheckpointManager.__module__ = "recoverly.training"
