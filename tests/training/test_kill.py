@@ -139,18 +139,53 @@ def test_sgd_and_numpy_resume_byte_identical_after_sigkills(sgd, sgd_reference, 
     _check("sklearn+numpy", result, reference)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
-def test_torch_mlp_with_workers_resumes_byte_identical_after_sigkills(tmp_path):
-    """A PyTorch MLP (DataLoader num_workers=2, dropout, accumulation): same final bytes."""
+@pytest.fixture(scope="module")
+def torch_launcher() -> Iterator[Launcher]:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed")
     launcher = Launcher("train_torch")
-    try:
-        started = time.monotonic()
-        assert launcher.run(tmp_path / "ref", tmp_path / "ref.bin") == 0
-        seconds = time.monotonic() - started
-        result = _chaos(launcher, tmp_path / "chaos", seconds, seed=7)
-        _check("torch", result, _sha(tmp_path / "ref.bin"))
-    finally:
-        launcher.close()
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def torch_reference(
+    torch_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, float]:
+    base = tmp_path_factory.mktemp("torch-reference")
+    started = time.monotonic()
+    assert torch_launcher.run(base / "run", base / "final.bin") == 0
+    return _sha(base / "final.bin"), time.monotonic() - started
+
+
+def test_torch_mlp_with_workers_resumes_byte_identical_after_sigkills(
+    torch_launcher, torch_reference, tmp_path
+):
+    """A PyTorch MLP (DataLoader num_workers=2, dropout, accumulation): same final bytes."""
+    reference, seconds = torch_reference
+    result = _chaos(torch_launcher, tmp_path, seconds, seed=7)
+    _check("torch", result, reference)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers(
+    torch_launcher, torch_reference, tmp_path
+):
+    """SIGTERM to the trainer and its DataLoader workers: exit 75, then an identical finish."""
+    reference, _ = torch_reference
+    run_dir, out, log = tmp_path / "run", tmp_path / "final.bin", tmp_path / "steps.log"
+    env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_STEP_SLEEP": "0.05"}
+    pid = torch_launcher.start(run_dir, out, env)
+    deadline = time.monotonic() + 30
+    while len(_steps(log)) < 7 and time.monotonic() < deadline:  # inside the second epoch
+        time.sleep(0.005)
+    Launcher.kill(pid, signal.SIGTERM, group=True)
+    status = torch_launcher.wait(pid)
+    journal = _journal(run_dir)
+    print(f"\n[sigterm torch] exit={status} counts={journal['counts']}")  # noqa: T201
+    assert status == PREEMPTED_EXIT_CODE
+    assert journal["counts"] == {"crashed": 0, "finished": 0, "preempted": 1}
+    assert torch_launcher.run(run_dir, out, {"RECOVERLY_STEP_LOG": str(log)}) == 0
+    assert _sha(out) == reference
 
 
 def test_sigterm_saves_exits_with_the_preemption_code_and_resumes(sgd, sgd_reference, tmp_path):

@@ -118,3 +118,17 @@ def test_bad_arguments_are_reported_together():
         ValueError, match=r"at least one signal.*exit_code must be an integer in 1..255, got 300"
     ):
         PreemptionGuard([], exit_code=300)
+
+
+def test_ignore_preemption_signals_for_loader_workers():
+    """The worker_init_fn sets SIGTERM, SIGINT and SIGUSR1 to SIG_IGN in its process."""
+    from recoverly.training import ignore_preemption_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        ignore_preemption_signals(3)
+        assert {signal.getsignal(sig) for sig in before} == {signal.SIG_IGN}
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end the process with the default handler
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

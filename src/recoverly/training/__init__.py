@@ -22,6 +22,7 @@ from recoverly.training.checkpoint import CheckpointManager as CheckpointManager
 from recoverly.training.preemption import PREEMPTED_EXIT_CODE as PREEMPTED_EXIT_CODE
 from recoverly.training.preemption import Preempted as Preempted
 from recoverly.training.preemption import PreemptionGuard as PreemptionGuard
+from recoverly.training.preemption import ignore_preemption_signals as ignore_preemption_signals
 from recoverly.training.run import ResumableRun as ResumableRun
 from recoverly.training.run import RunStatistics as RunStatistics
 from recoverly.training.state import capture_rng as capture_rng
@@ -110,6 +111,7 @@ __all__ = [
     "TrainingProgressHistory",
     "UnsafeCheckpointError",
     "capture_rng",
+    "ignore_preemption_signals",
     "initialize_progress_tracking",
     "restore_rng",
     "seed_all",

@@ -24,7 +24,13 @@ from recoverly._core.validate import Problems
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT_CODE", "Preempted", "PreemptionGuard"]
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "PREEMPTED_EXIT_CODE",
+    "Preempted",
+    "PreemptionGuard",
+    "ignore_preemption_signals",
+]
 
 #: The exit status of a process that stopped for a pre-emption after saving a
 #: checkpoint: 75 is ``EX_TEMPFAIL`` from ``sysexits.h``, "temporary failure,
@@ -212,6 +218,22 @@ class PreemptionGuard:
         names = ",".join(sig.name for sig in self.signals)
         state = f"requested by {_signal_name(self._signal)}" if self.requested else "idle"
         return f"<PreemptionGuard {names} exit_code={self.exit_code} {state}>"
+
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:  # noqa: ARG001 - worker_init_fn
+    """Ignore the default pre-emption signals in this process: a ``worker_init_fn``.
+
+    When a scheduler signals a whole process group (SLURM without ``B:``,
+    Ctrl-C in a terminal), ``DataLoader`` worker processes receive SIGTERM,
+    SIGINT or SIGUSR1 too, and a worker that dies of it makes the training
+    process fail instead of finishing its step. Pass this function as
+    ``DataLoader(worker_init_fn=ignore_preemption_signals)``; the workers still
+    exit when the loader shuts them down or the training process dies.
+
+    .. versionadded:: 0.2
+    """
+    for sig in DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _signal_name(signum: int | None) -> str:

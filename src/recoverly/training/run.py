@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Duration, Problems
 from recoverly.training._attempts import CRASHED, FINISHED, PREEMPTED, Attempt, AttemptJournal
+from recoverly.training._cursor import LoopCursor
 from recoverly.training.adapters import load_object_state, object_state, skip_batches
 from recoverly.training.checkpoint import Checkpoint, CheckpointInfo, CheckpointManager
 from recoverly.training.preemption import Preempted, PreemptionGuard
-from recoverly.training.state import LoopPosition, capture_rng, is_generator, restore_rng, seed_all
+from recoverly.training.state import LoopPosition, capture_rng, is_generator, seed_all
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -44,8 +45,6 @@ __all__ = ["ResumableRun", "RunStatistics"]
 _log = logging.getLogger("recoverly.training")
 _T = TypeVar("_T")
 _FORMAT = "recoverly.run/1"
-# Where the loop stands inside an epoch.
-_IDLE, _BEFORE, _ACTIVE, _AFTER = "idle", "before batches", "in batches", "after batches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +93,10 @@ class ResumableRun:
     """
 
     __slots__ = (
-        "_after_skip", "_batch", "_clock", "_epoch", "_epoch_rng", "_every", "_every_s",
-        "_finished", "_generators", "_journal", "_last_save_step", "_last_save_time",
-        "_loaded", "_manager", "_max_restarts", "_objects", "_phase",
-        "_replay", "_resumed_from", "_saves", "_skip", "_started", "_step", "async_save",
-        "directory", "guard", "keep_last", "state",
+        "_clock", "_cursor", "_every", "_every_s", "_finished", "_generators", "_journal",
+        "_last_save_step", "_last_save_time", "_loaded", "_manager", "_max_restarts",
+        "_objects", "_resumed_from", "_saves", "_started", "async_save", "directory", "guard",
+        "keep_last", "state",
     )  # fmt: skip
 
     def __init__(
@@ -144,12 +142,9 @@ class ResumableRun:
         self._generators: dict[str, object] = {}
         self._journal = AttemptJournal(self.directory / "attempts.json", self._clock)
         self._manager: CheckpointManager | None = None
+        self._cursor = LoopCursor(self._generators)
         self._started = self._finished = False
-        self._epoch = self._batch = self._step = self._skip = self._saves = 0
-        self._phase = _IDLE
-        self._epoch_rng: dict[str, Any] | None = None
-        self._after_skip: dict[str, Any] | None = None
-        self._replay: tuple[dict[str, Any], LoopPosition] | None = None
+        self._saves = 0
         self._loaded: dict[str, Any] = {}
         self._resumed_from: int | None = None
         self._last_save_step = -1
@@ -231,9 +226,8 @@ class ResumableRun:
                 _log.warning("checkpoint %s holds no state for %r", ckpt.step, name)
         self.state.clear()
         self.state.update(payload["user"])
-        self._epoch, self._step = position.epoch, position.step
+        self._cursor.load(position, payload["rng"])
         self._resumed_from = self._last_save_step = ckpt.step
-        self._replay = (payload["rng"], position)
         _log.info(
             "resuming %s at epoch %d, batch %d, step %d",
             self.directory,
@@ -254,24 +248,11 @@ class ResumableRun:
         count.int_at_least("n", n, 0)
         count.raise_if_any()
         self.resume()
-        while self._epoch < n:
-            self._top_of_epoch()
-            yield self._epoch
-            self._epoch += 1
-            self._phase, self._batch, self._epoch_rng = _IDLE, 0, None
-
-    def _top_of_epoch(self) -> None:
-        replay, self._replay = self._replay, None
-        if replay is not None and replay[1].mid_epoch:
-            rng, position = replay
-            restore_rng(position.epoch_rng or {}, self._generators)
-            self._epoch_rng = position.epoch_rng
-            self._skip, self._after_skip = position.batch, rng
-        else:
-            if replay is not None:
-                restore_rng(replay[0], self._generators)
-            self._epoch_rng = capture_rng(self._generators)
-        self._phase, self._batch = _BEFORE, 0
+        cursor = self._cursor
+        while cursor.epoch < n:
+            cursor.top_of_epoch()
+            yield cursor.epoch
+            cursor.end_of_epoch()
 
     def batches(self, loader: Iterable[_T]) -> Iterator[_T]:
         """Yield ``loader``'s batches for this epoch, after those already consumed.
@@ -283,24 +264,14 @@ class ResumableRun:
         Raises:
             RuntimeError: Used outside ``run.epochs()`` or twice in one epoch.
         """
-        if self._phase != _BEFORE:
-            raise RuntimeError(
-                f"batches() runs once per epoch inside run.epochs(); now {self._phase}"
-            )
-        self._phase = _ACTIVE
-        skip, after = self._skip, self._after_skip
-        self._skip, self._after_skip, self._batch = 0, None, skip
-
-        def resumed() -> None:
-            if after is not None:
-                restore_rng(after, self._generators)
-
+        cursor = self._cursor
+        skip, resumed = cursor.begin_batches()
         try:
             for batch in skip_batches(loader, skip, resumed):
-                self._batch += 1
+                cursor.batch += 1
                 yield batch
         finally:
-            self._phase = _AFTER
+            cursor.end_batches()
 
     def step_done(self, metrics: Mapping[str, Any] | None = None, /, **more: Any) -> bool:
         """Mark one step done; checkpoint when due; stop here when pre-empted.
@@ -319,12 +290,13 @@ class ResumableRun:
         Raises:
             Preempted: A pre-emption was requested; the checkpoint is saved.
         """
-        self._step += 1
+        self._cursor.step += 1
+        step = self._cursor.step
         values = {**(metrics or {}), **more}
         preempted = self.guard is not None and self.guard.requested
         due = (
             preempted
-            or (self._every is not None and self._step % self._every == 0)
+            or (self._every is not None and step % self._every == 0)
             or (
                 self._every_s is not None
                 and self._clock.monotonic() - self._last_save_time >= self._every_s
@@ -333,7 +305,7 @@ class ResumableRun:
         if due:
             self.checkpoint(values)
         if preempted and self.guard is not None:
-            stop = self.guard.preempted(self._step)
+            stop = self.guard.preempted(step)
             self._end(PREEMPTED, str(stop))
             raise stop
         return due
@@ -343,12 +315,7 @@ class ResumableRun:
         if not self._started:
             self.resume()
         assert self._manager is not None  # noqa: S101 - set by resume()
-        if self._phase == _ACTIVE:
-            position = LoopPosition(self._epoch, self._batch, self._step, self._epoch_rng)
-        elif self._phase == _IDLE:
-            position = LoopPosition(self._epoch, 0, self._step)
-        else:
-            position = LoopPosition(self._epoch + 1, 0, self._step)
+        position = self._cursor.position()
         payload = {
             "format": _FORMAT,
             "loop": position.to_state(),
@@ -357,9 +324,9 @@ class ResumableRun:
             "user": dict(self.state),
         }
         numbers = {k: float(v) for k, v in (metrics or {}).items()}
-        info = self._manager.save(self._step, payload, metrics=numbers)
+        info = self._manager.save(position.step, payload, metrics=numbers)
         self._saves += 1
-        self._last_save_step = self._step
+        self._last_save_step = position.step
         self._last_save_time = self._clock.monotonic()
         return info
 
@@ -367,7 +334,7 @@ class ResumableRun:
         """Save the final checkpoint (unless this step is saved), record the run finished."""
         if self._finished:
             return
-        if self._last_save_step != self._step or not self._started:
+        if self._last_save_step != self._cursor.step or not self._started:
             self.checkpoint(metrics)
         self._end(FINISHED, None)
 
@@ -380,7 +347,7 @@ class ResumableRun:
             if self.guard is not None:
                 self.guard.uninstall()
             if self._started:
-                self._journal.end(outcome, self._step, reason)
+                self._journal.end(outcome, self._cursor.step, reason)
 
     def reset_crash_loop(self) -> None:
         """Forget the crash streak that makes :meth:`resume` raise (after fixing its cause)."""
@@ -390,17 +357,17 @@ class ResumableRun:
     @property
     def epoch(self) -> int:
         """The current (or next) epoch."""
-        return self._epoch
+        return self._cursor.epoch
 
     @property
     def batch(self) -> int:
         """Batches of the current epoch consumed so far, those skipped on resume included."""
-        return self._batch
+        return self._cursor.batch
 
     @property
     def step(self) -> int:
         """Steps completed since the run began, resumes included."""
-        return self._step
+        return self._cursor.step
 
     @property
     def resumed_from(self) -> int | None:
@@ -416,9 +383,9 @@ class ResumableRun:
         """Return a snapshot of the position and the restart counts."""
         history = self._journal.history
         return RunStatistics(
-            epoch=self._epoch,
-            batch=self._batch,
-            step=self._step,
+            epoch=self._cursor.epoch,
+            batch=self._cursor.batch,
+            step=self._cursor.step,
             resumed_from=self._resumed_from,
             attempt=history[-1].number if history else 0,
             preemptions=self._journal.preemptions,

@@ -57,6 +57,7 @@ def serve(module_name: str) -> None:
         _, status = os.waitpid(pid, 0)
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         print(json.dumps({"pid": pid, "status": code}), flush=True)  # noqa: T201
+    os._exit(0)  # stdin closed: skip the slow interpreter teardown of the ML libraries
 
 
 class Launcher:
