@@ -290,13 +290,15 @@ def test_async_saves_run_one_at_a_time(tmp_path):
     assert [i.step for i in mgr.list()] == list(range(6))
 
 
-def test_async_error_surfaces_on_the_next_call(tmp_path, clock):
+def test_async_error_surfaces_on_the_next_call(tmp_path, clock, caplog):
     """An error raised in the background is raised by the next save, and only once."""
     store = FlakyStore(tmp_path, [errno.ENOSPC])
     mgr = CheckpointManager(store, async_save=True, clock=clock)
-    mgr.save(1, state_for(1))  # returns; fails in the background
-    with pytest.raises(OSError, match="No space left") as info:
-        mgr.save(2, state_for(2))
+    with caplog.at_level("WARNING", logger="recoverly.training"):
+        mgr.save(1, state_for(1))  # returns; fails in the background
+        with pytest.raises(OSError, match="No space left") as info:
+            mgr.save(2, state_for(2))
+    assert "background save of step 1 failed" in caplog.text
     assert info.value.errno == errno.ENOSPC
     assert mgr.list() == []  # the failing call did not start a save of step 2
     mgr.save(3, state_for(3))

@@ -12,10 +12,8 @@ the ``recoverly.training`` logger and the previous good one is loaded.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
 from recoverly.retry import Retry
 from recoverly.training import _codec
-from recoverly.training._atomic import is_transient_io_error
+from recoverly.training._atomic import is_transient_io_error, lower_thread_priority
 from recoverly.training._format import (
     CheckpointCorrupt,
     CheckpointInfo,
@@ -235,12 +233,19 @@ class CheckpointManager:
     def _background(
         self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
     ) -> None:
-        _lower_priority()
+        lower_thread_priority()
         try:
             self._write(name, enc, step, metrics, at)
         except BaseException as exc:
             with self._lock:
                 self._error = exc
+            _log.warning(  # also logged now, in case no save/wait/close ever comes
+                "%r: background save of step %d failed (raised by the next save, wait or "
+                "close): %r",
+                self,
+                step,
+                exc,
+            )
         with self._lock:
             self._spare = enc  # its buffers are free again: the next snapshot reuses them
 
@@ -402,20 +407,6 @@ class CheckpointManager:
             f"<CheckpointManager{label} {self.store!r} keep_last={self.keep_last} "
             f"keep_best={self.keep_best} async_save={self.async_save}{busy}>"
         )
-
-
-def _lower_priority() -> None:
-    """Make the calling (background) thread yield the CPU to the training thread.
-
-    On Linux the nice value is per thread; threads it starts (the hashing
-    helper) inherit it. Elsewhere, or when refused, nothing changes.
-    """
-    setpriority = getattr(os, "setpriority", None)
-    if setpriority is None or not sys.platform.startswith("linux"):  # pragma: no cover
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError):
-        setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 Checkpoint.__module__ = CheckpointManager.__module__ = "recoverly.training"
