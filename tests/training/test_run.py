@@ -299,3 +299,15 @@ def test_objects_with_get_state_are_state_not_generators(tmp_path):
     with pytest.raises(Boom):
         go(crash_in=2)
     assert go().weights == [0.0, 0.0, 1.0, 3.0, 6.0]
+
+
+def test_checkpoint_after_finish_is_refused(tmp_path):
+    """A finished run saves nothing more: checkpoint() raises and the history stays closed."""
+    run = ResumableRun(tmp_path, preemption=False)
+    for _epoch in run.epochs(1):
+        run.step_done()
+    run.finish()
+    run.finish()  # idempotent
+    with pytest.raises(RuntimeError, match="has ended"):
+        run.checkpoint()
+    assert [a.outcome for a in run.history] == ["finished"]

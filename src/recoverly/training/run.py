@@ -311,10 +311,17 @@ class ResumableRun:
         return due
 
     def checkpoint(self, metrics: Mapping[str, Any] | None = None) -> CheckpointInfo:
-        """Save a checkpoint of the current position now."""
-        if not self._started:
-            self.resume()
-        assert self._manager is not None  # noqa: S101 - set by resume()
+        """Save a checkpoint of the current position now.
+
+        The position follows the same rule as :meth:`step_done`: inside
+        ``batches()`` it is mid-epoch, elsewhere in an epoch it closes the epoch.
+
+        Raises:
+            RuntimeError: The run has ended (after :meth:`finish` or a pre-emption).
+        """
+        self.resume()
+        if self._manager is None or self._finished:
+            raise RuntimeError(f"{self!r} has ended; no more checkpoints")
         position = self._cursor.position()
         payload = {
             "format": _FORMAT,
