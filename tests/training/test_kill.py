@@ -222,3 +222,20 @@ def test_sigterm_saves_exits_with_the_preemption_code_and_resumes(sgd, sgd_refer
     assert journal["counts"] == {"crashed": 0, "finished": 1, "preempted": 1}
     assert journal["attempts"][-1]["start_step"] == stopped_at
     assert _sha(out) == reference
+
+
+def test_processes_crashing_at_the_same_step_are_refused(sgd, tmp_path):
+    """Four processes crash at step 10; the fifth is refused with CrashLoopError before step 1."""
+    run_dir, out, log = tmp_path / "run", tmp_path / "final.bin", tmp_path / "steps.log"
+    env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_CRASH_AT": "10"}
+    statuses = [sgd.run(run_dir, out, env) for _ in range(5)]
+    journal = _journal(run_dir)
+    assert statuses == [1, 1, 1, 1, 1]
+    assert [a["outcome"] for a in journal["attempts"]] == ["crashed"] * 4
+    assert all("deliberate crash at step 10" in a["reason"] for a in journal["attempts"])
+    assert [a["start_step"] for a in journal["attempts"]] == [0, 8, 8, 8]
+    assert len({pid for pid, _ in _steps(log)}) == 4  # the refused process ran no step
+    error = Path(f"{out}.error").read_text()
+    assert error.startswith("CrashLoopError: ")
+    assert "crashed 3 times in a row without getting past step 9" in error
+    assert "RuntimeError: deliberate crash at step 10" in error
