@@ -319,6 +319,49 @@ def stall(mb: float, steps: int, every: int, repeats: int) -> tuple[list[str], s
     return lines, summary
 
 
+# ---------------------------------------------------------------- checksums
+def hash_rates(state: dict[str, np.ndarray], repeats: int) -> list[str]:
+    """MB/s of the stdlib checksums over the state's bytes (best of ``repeats``)."""
+    import hashlib  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    views = [memoryview(a).cast("B") for a in state.values()]
+    mb = sum(v.nbytes for v in views) / 1e6
+
+    def digest(name: str) -> Callable[[], object]:
+        def run() -> object:
+            h = hashlib.new(name)
+            for v in views:
+                h.update(v)
+            return h.digest()
+
+        return run
+
+    def crc() -> object:
+        value = 0
+        for v in views:
+            value = zlib.crc32(v, value)
+        return value
+
+    cases = {"SHA-256 (used)": digest("sha256"), "SHA-1": digest("sha1"), "MD5": digest("md5")}
+    cases |= {"BLAKE2b": digest("blake2b"), "CRC-32 (zlib, not cryptographic)": crc}
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(repeats):
+        for name, run in cases.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    row = " | ".join(f"{mb / t:.0f}" for t in best.values())
+    return [
+        f"**Checksums** over the same {mb:g} MB, MB/s, best of {repeats}:",
+        "",
+        "| " + " | ".join(best) + " |",
+        "| " + " | ".join("---:" for _ in best) + " |",
+        f"| {row} |",
+        "",
+    ]
+
+
 # ---------------------------------------------------------------- main
 def run(mb: float, repeats: int, stall_mb: float, steps: int, every: int) -> str:
     root = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
@@ -362,6 +405,7 @@ def run(mb: float, repeats: int, stall_mb: float, steps: int, every: int) -> str
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print("stall:", file=sys.stderr)
+    lines += hash_rates(state, repeats)
     body, _ = stall(stall_mb, steps, every, repeats)
     lines += body
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
