@@ -311,3 +311,19 @@ def test_checkpoint_after_finish_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match="has ended"):
         run.checkpoint()
     assert [a.outcome for a in run.history] == ["finished"]
+
+
+def test_checkpoints_can_live_in_another_store(tmp_path):
+    """store=FsspecStore(...) keeps checkpoints there; the run still resumes exactly."""
+    pytest.importorskip("fsspec")
+    from recoverly.training import FsspecStore
+
+    reference, _ = train(tmp_path / "ref")
+    url = f"memory://recoverly-run-{tmp_path.name}"
+    with pytest.raises(Boom):
+        train(tmp_path / "run", crash_at=8, store=FsspecStore(url))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert [c.step for c in CheckpointManager(FsspecStore(url)).list()][-1] == 6
+    final, run = train(tmp_path / "run", store=FsspecStore(url))
+    assert final == reference
+    assert run.resumed_from == 6

@@ -1,21 +1,11 @@
 """ResumableRun: a training loop that picks up exactly where it stopped.
 
-::
-
-    with ResumableRun("runs/mlp", seed=0, checkpoint_every=100) as run:
-        run.register("model", model)
-        run.register("optimizer", optimizer)
-        for epoch in run.epochs(10):
-            for batch in run.batches(loader):
-                loss = train_step(batch)
-                run.step_done(loss=float(loss))
-
 A checkpoint holds the registered objects' state, ``run.state``, every random
-state and the loop position: the epoch, the batches of it consumed and the
-random state at the top of the epoch. A mid-epoch resume replays the top of
-the epoch (same shuffle order), skips the consumed batches and puts the random
-state of the last step back, so the rest of the run draws what an
-uninterrupted run would have drawn.
+state and the loop position (epoch, batches of it consumed, the random state at
+the top of the epoch). A mid-epoch resume replays the top of the epoch (same
+shuffle order), skips the consumed batches and puts back the random state of
+the last step, so the rest of the run draws what an uninterrupted run draws.
+See ``docs/training.md`` ("Resumable loops") for the rules a loop follows.
 """
 
 from __future__ import annotations
@@ -36,6 +26,7 @@ from recoverly.training.adapters import load_object_state, object_state, skip_ba
 from recoverly.training.checkpoint import Checkpoint, CheckpointInfo, CheckpointManager
 from recoverly.training.preemption import Preempted, PreemptionGuard
 from recoverly.training.state import LoopPosition, capture_rng, is_generator, seed_all
+from recoverly.training.storage import Store
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -68,8 +59,8 @@ class ResumableRun:
     """A training loop position, its checkpoints and its restart history.
 
     Args:
-        directory: The run directory: checkpoints go to ``checkpoints/``, the
-            attempt history to ``attempts.json``.
+        directory: The run directory: checkpoints go to ``checkpoints/``
+            (unless ``store`` is given), the attempt history to ``attempts.json``.
         seed: Seeds :mod:`random`, NumPy and PyTorch (those imported) when the
             run object is created, so a fresh run is reproducible; on resume the
             checkpoint's random states replace these.
@@ -85,6 +76,8 @@ class ResumableRun:
             default signals while the loop runs, a guard uses that one,
             ``False`` handles no signal.
         clock: Time source for ``checkpoint_every_seconds`` and timestamps.
+        store: Where checkpoints go instead of ``directory/checkpoints``: a
+            :class:`Store` such as ``FsspecStore("s3://bucket/run")``.
 
     Raises:
         TypeError, ValueError: Every bad argument, in one message.
@@ -95,8 +88,8 @@ class ResumableRun:
     __slots__ = (
         "_clock", "_cursor", "_every", "_every_s", "_finished", "_generators", "_journal",
         "_last_save_step", "_last_save_time", "_loaded", "_manager", "_max_restarts",
-        "_objects", "_resumed_from", "_saves", "_started", "async_save", "directory", "guard",
-        "keep_last", "state",
+        "_objects", "_resumed_from", "_saves", "_started", "_store", "async_save", "directory",
+        "guard", "keep_last", "state",
     )  # fmt: skip
 
     def __init__(
@@ -111,6 +104,7 @@ class ResumableRun:
         max_restarts_without_progress: int | None = 3,
         preemption: bool | PreemptionGuard = True,
         clock: Clock | None = None,
+        store: Store | None = None,
     ) -> None:
         p = Problems()
         if not isinstance(cast("object", directory), (str, os.PathLike)):
@@ -128,6 +122,9 @@ class ResumableRun:
         )
         if not isinstance(cast("object", preemption), (bool, PreemptionGuard)):
             p._bad(f"preemption must be a bool or a PreemptionGuard, got {preemption!r}", kind=True)
+        if store is not None and not isinstance(cast("object", store), Store):
+            p._bad(f"store must be a Store or None, got {store!r}", kind=True)
+        self._store = store
         p.raise_if_any()
         self.directory = Path(directory)
         self.async_save = async_save
@@ -194,7 +191,7 @@ class ResumableRun:
         if self._started:
             return None  # already resumed (or started fresh)
         self._manager = CheckpointManager(
-            self.directory / "checkpoints",
+            self._store or self.directory / "checkpoints",
             keep_last=self.keep_last,
             async_save=self.async_save,
             clock=self._clock,
@@ -228,13 +225,8 @@ class ResumableRun:
         self.state.update(payload["user"])
         self._cursor.load(position, payload["rng"])
         self._resumed_from = self._last_save_step = ckpt.step
-        _log.info(
-            "resuming %s at epoch %d, batch %d, step %d",
-            self.directory,
-            position.epoch,
-            position.batch,
-            position.step,
-        )
+        where = (position.epoch, position.batch, position.step)
+        _log.info("resuming %s at epoch %d, batch %d, step %d", self.directory, *where)
 
     # ------------------------------------------------------------------ the loop
     def epochs(self, n: int) -> Iterator[int]:
