@@ -132,3 +132,32 @@ def test_ignore_preemption_signals_for_loader_workers():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_loop_names_are_exported_documented_and_show_the_public_module():
+    """Each resumable-loop name is in __all__, has a docstring and lives in recoverly.training."""
+    import inspect
+
+    from recoverly import training
+
+    names = [
+        "ArrayState",
+        "Attempt",
+        "CrashLoopError",
+        "PREEMPTED_EXIT_CODE",
+        "Preempted",
+        "PreemptionGuard",
+        "ResumableRun",
+        "RunStatistics",
+        "capture_rng",
+        "ignore_preemption_signals",
+        "restore_rng",
+        "seed_all",
+    ]
+    for name in names:
+        assert name in training.__all__, name
+        obj = getattr(training, name)
+        if name == "PREEMPTED_EXIT_CODE":
+            continue
+        assert inspect.getdoc(obj), name
+        assert obj.__module__ == "recoverly.training", name

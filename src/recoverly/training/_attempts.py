@@ -217,3 +217,8 @@ class AttemptJournal:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+# Shown where users import them from.
+Attempt.__module__ = "recoverly.training"
+CrashLoopError.__module__ = "recoverly.training"

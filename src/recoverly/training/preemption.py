@@ -243,3 +243,9 @@ def _signal_name(signum: int | None) -> str:
         return signal.Signals(signum).name
     except ValueError:  # pragma: no cover - a number the platform does not name
         return f"signal {signum}"
+
+
+# Shown where users import them from.
+Preempted.__module__ = "recoverly.training"
+PreemptionGuard.__module__ = "recoverly.training"
+ignore_preemption_signals.__module__ = "recoverly.training"

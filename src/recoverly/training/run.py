@@ -416,3 +416,8 @@ class ResumableRun:
             f"<ResumableRun {str(self.directory)!r} epoch={s.epoch} batch={s.batch} step={s.step} "
             f"attempt={s.attempt} preemptions={s.preemptions} crashes={s.crashes}>"
         )
+
+
+# Shown where users import them from.
+ResumableRun.__module__ = "recoverly.training"
+RunStatistics.__module__ = "recoverly.training"
