@@ -111,7 +111,7 @@ class PreemptionGuard:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_installed", "_lock", "_previous", "_signal", "exit_code", "signals")
+    __slots__ = ("_installed", "_previous", "_signal", "exit_code", "signals")
 
     def __init__(
         self, signals: Iterable[int] = DEFAULT_SIGNALS, *, exit_code: int = PREEMPTED_EXIT_CODE
@@ -135,7 +135,6 @@ class PreemptionGuard:
         self._previous: dict[signal.Signals, _Handler] = {}
         self._signal: int | None = None
         self._installed = False
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ state
     @property
@@ -150,14 +149,15 @@ class PreemptionGuard:
 
     def request(self, signum: int = 0) -> None:
         """Ask for a stop at the next step boundary, as a signal would."""
-        with self._lock:
-            if self._signal is None:
-                self._signal = signum
+        # No lock: this runs inside signal handlers, which interrupt the main
+        # thread anywhere (a lock it holds would deadlock). Two racing requests
+        # both ask for a stop; which signal is recorded does not matter.
+        if self._signal is None:
+            self._signal = signum
 
     def clear(self) -> None:
         """Forget a request (after the loop has acted on it)."""
-        with self._lock:
-            self._signal = None
+        self._signal = None
 
     def preempted(self, step: int) -> Preempted:
         """Return the :class:`Preempted` exception for a stop after ``step``."""
