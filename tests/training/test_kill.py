@@ -64,7 +64,9 @@ def sgd_reference(sgd: Launcher, tmp_path_factory: pytest.TempPathFactory) -> tu
     return _sha(base / "final.bin"), time.monotonic() - started
 
 
-def _chaos(launcher: Launcher, base: Path, seconds: float, seed: int) -> dict[str, object]:
+def _chaos(
+    launcher: Launcher, base: Path, seconds: float, seed: int, extra: dict[str, str] | None = None
+) -> dict[str, object]:
     """Kill attempts until KILLS of them died by SIGKILL, then let one finish."""
     rnd = random.Random(seed)
     base.mkdir(parents=True, exist_ok=True)
@@ -73,13 +75,16 @@ def _chaos(launcher: Launcher, base: Path, seconds: float, seed: int) -> dict[st
     recorded: list[int] = []  # killed attempts whose journal record was committed
     io_kills = timed_kills = 0
     for _ in range(4 * KILLS):
-        env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_NO_CRASH_LOOP": "1"}
+        env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_NO_CRASH_LOOP": "1", **(extra or {})}
         mode = "finish" if len(killed) >= KILLS else rnd.choice(["io", "timed"])
         if mode == "io":
             env["RECOVERLY_KILL_AT_IO"] = str(rnd.randint(1, 30))
         pid = launcher.start(run_dir, out, env)
-        if mode == "timed":
-            time.sleep(rnd.uniform(0.02, 0.3 * seconds))
+        if mode == "timed":  # once this attempt is training, after a random delay
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(p == pid for p, _ in _steps(log)):
+                time.sleep(0.002)
+            time.sleep(rnd.uniform(0.0, 0.15 * seconds))
             launcher.kill(pid)
         status = launcher.wait(pid)
         if status == 0:
@@ -137,6 +142,13 @@ def test_sgd_and_numpy_resume_byte_identical_after_sigkills(sgd, sgd_reference, 
     reference, seconds = sgd_reference
     result = _chaos(sgd, tmp_path, seconds, seed=3)
     _check("sklearn+numpy", result, reference)
+
+
+def test_async_saves_resume_byte_identical_after_sigkills(sgd, sgd_reference, tmp_path):
+    """The same program with async_save=True: kills during background writes change nothing."""
+    reference, seconds = sgd_reference
+    result = _chaos(sgd, tmp_path, seconds, seed=10, extra={"RECOVERLY_ASYNC_SAVE": "1"})
+    _check("sklearn+numpy, async saves", result, reference)
 
 
 @pytest.fixture(scope="module")
