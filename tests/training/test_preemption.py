@@ -161,3 +161,24 @@ def test_loop_names_are_exported_documented_and_show_the_public_module():
             continue
         assert inspect.getdoc(obj), name
         assert obj.__module__ == "recoverly.training", name
+
+
+def test_a_second_sigterm_ends_the_process_as_before_the_guard(tmp_path):
+    """In a real process: the first SIGTERM is recorded, the second kills it (SIG_DFL)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "first-signal-recorded"
+    code = (
+        "import os, signal, sys\n"
+        "from recoverly.training import PreemptionGuard\n"
+        "guard = PreemptionGuard().install()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "assert guard.requested\n"
+        f"open({str(marker)!r}, 'w').close()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(3)  # not reached\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)  # noqa: S603
+    assert marker.exists()
+    assert done.returncode == -signal.SIGTERM
