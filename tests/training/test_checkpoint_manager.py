@@ -378,3 +378,20 @@ def test_async_snapshots_reuse_the_previous_buffers_without_mixing_states(tmp_pa
     assert mgr._spare.arrays[0] is buffer
     assert not mgr.load(1).state["w"].any()
     assert (mgr.load(2).state["w"] == 1).all()
+
+
+def test_saves_from_several_threads_never_overlap(tmp_path):
+    """Concurrent save() calls from four threads run one at a time; every one is committed."""
+    store = FlakyStore(tmp_path, [])
+    mgr = CheckpointManager(store, async_save=True, keep_last=None)
+    threads = [
+        threading.Thread(target=lambda i=i: [mgr.save(i * 10 + k, state_for(k)) for k in range(3)])
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mgr.close()
+    assert store.max_active == 1
+    assert len(mgr.list()) == 12

@@ -113,6 +113,7 @@ class CheckpointManager:
         "_error",
         "_lock",
         "_retry",
+        "_save_lock",
         "_spare",
         "_thread",
         "allow_pickle",
@@ -166,6 +167,7 @@ class CheckpointManager:
         self._error: BaseException | None = None
         self._spare: _codec.Encoded | None = None
         self._closed = False
+        self._save_lock = threading.Lock()
         self._cleanup()
 
     # ------------------------------------------------------------------ saving
@@ -198,27 +200,28 @@ class CheckpointManager:
             p._bad(f"state must be a dict, got {type(state).__name__}", kind=True)
         clean = check_metrics(p, metrics)
         p.raise_if_any()
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        self.wait()
-        with self._lock:
-            spare, self._spare = self._spare, None
-        enc = _codec.encode(
-            dict(state), allow_pickle=self.allow_pickle, copy=self.async_save, pool=spare
-        )
-        created_at = resolve(self._clock).wall()
-        name = entry_name(step)
-        if not self.async_save:
-            return self._write(name, enc, step, clean, created_at)
-        thread = threading.Thread(
-            target=self._background,
-            args=(name, enc, step, clean, created_at),
-            name=f"recoverly-checkpoint-{step}",
-        )
-        with self._lock:
-            self._thread = thread
-        thread.start()
-        return CheckpointInfo(step, name, self.store.location(name), created_at, clean)
+        with self._save_lock:  # saves from several threads run one after the other
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            self.wait()
+            with self._lock:
+                spare, self._spare = self._spare, None
+            enc = _codec.encode(
+                dict(state), allow_pickle=self.allow_pickle, copy=self.async_save, pool=spare
+            )
+            created_at = resolve(self._clock).wall()
+            name = entry_name(step)
+            if not self.async_save:
+                return self._write(name, enc, step, clean, created_at)
+            thread = threading.Thread(
+                target=self._background,
+                args=(name, enc, step, clean, created_at),
+                name=f"recoverly-checkpoint-{step}",
+            )
+            with self._lock:
+                self._thread = thread
+            thread.start()
+            return CheckpointInfo(step, name, self.store.location(name), created_at, clean)
 
     def _write(
         self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
