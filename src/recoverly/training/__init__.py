@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from recoverly.training._attempts import Attempt as Attempt
 from recoverly.training._attempts import CrashLoopError as CrashLoopError
+from recoverly.training._attempts import RunStatistics as RunStatistics
 from recoverly.training._format import CheckpointCorrupt as CheckpointCorrupt
 from recoverly.training._format import UnsafeCheckpointError as UnsafeCheckpointError
 from recoverly.training._journal import ProgressRecord as ProgressRecord
@@ -24,7 +25,6 @@ from recoverly.training.preemption import Preempted as Preempted
 from recoverly.training.preemption import PreemptionGuard as PreemptionGuard
 from recoverly.training.preemption import ignore_preemption_signals as ignore_preemption_signals
 from recoverly.training.run import ResumableRun as ResumableRun
-from recoverly.training.run import RunStatistics as RunStatistics
 from recoverly.training.state import capture_rng as capture_rng
 from recoverly.training.state import restore_rng as restore_rng
 from recoverly.training.state import seed_all as seed_all

@@ -21,7 +21,7 @@ from recoverly._core.clock import Clock
 from recoverly.errors import RecoverlyError
 from recoverly.training._atomic import atomic_write_bytes
 
-__all__ = ["Attempt", "AttemptJournal", "CrashLoopError"]
+__all__ = ["Attempt", "AttemptJournal", "CrashLoopError", "RunStatistics"]
 
 _log = logging.getLogger("recoverly.training")
 
@@ -89,6 +89,23 @@ class CrashLoopError(RecoverlyError):
         self.directory = directory
         self.history = history
         self.stuck_at = max((a.reached for a in history), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A snapshot of a run's position and history.
+
+    .. versionadded:: 0.2
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    resumed_from: int | None
+    attempt: int
+    preemptions: int
+    crashes: int
+    checkpoints_saved: int
 
 
 class AttemptJournal:
@@ -222,3 +239,4 @@ class AttemptJournal:
 # Shown where users import them from.
 Attempt.__module__ = "recoverly.training"
 CrashLoopError.__module__ = "recoverly.training"
+RunStatistics.__module__ = "recoverly.training"

@@ -13,14 +13,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Duration, Problems
-from recoverly.training._attempts import CRASHED, FINISHED, PREEMPTED, Attempt, AttemptJournal
+from recoverly.training._attempts import (
+    CRASHED,
+    FINISHED,
+    PREEMPTED,
+    Attempt,
+    AttemptJournal,
+    RunStatistics,
+)
 from recoverly.training._cursor import LoopCursor
 from recoverly.training.adapters import load_object_state, object_state, skip_batches
 from recoverly.training.checkpoint import Checkpoint, CheckpointInfo, CheckpointManager
@@ -31,28 +37,11 @@ from recoverly.training.storage import Store
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["ResumableRun", "RunStatistics"]
+__all__ = ["ResumableRun"]
 
 _log = logging.getLogger("recoverly.training")
 _T = TypeVar("_T")
 _FORMAT = "recoverly.run/1"
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatistics:
-    """A snapshot of a run's position and history.
-
-    .. versionadded:: 0.2
-    """
-
-    epoch: int
-    batch: int
-    step: int
-    resumed_from: int | None
-    attempt: int
-    preemptions: int
-    crashes: int
-    checkpoints_saved: int
 
 
 class ResumableRun:
@@ -420,4 +409,3 @@ class ResumableRun:
 
 # Shown where users import them from.
 ResumableRun.__module__ = "recoverly.training"
-RunStatistics.__module__ = "recoverly.training"
