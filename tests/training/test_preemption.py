@@ -148,6 +148,7 @@ def test_loop_names_are_exported_documented_and_show_the_public_module():
         "Preempted",
         "PreemptionGuard",
         "ResumableRun",
+        "RunInUseError",
         "RunStatistics",
         "capture_rng",
         "ignore_preemption_signals",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from recoverly.training._attempts import Attempt as Attempt
 from recoverly.training._attempts import CrashLoopError as CrashLoopError
+from recoverly.training._attempts import RunInUseError as RunInUseError
 from recoverly.training._attempts import RunStatistics as RunStatistics
 from recoverly.training._format import CheckpointCorrupt as CheckpointCorrupt
 from recoverly.training._format import UnsafeCheckpointError as UnsafeCheckpointError
@@ -104,6 +105,7 @@ __all__ = [
     "ProgressTracker",
     "ProgressWriter",
     "ResumableRun",
+    "RunInUseError",
     "RunStatistics",
     "Store",
     "StoreTransaction",

@@ -25,6 +25,7 @@ from recoverly.training._attempts import (
     PREEMPTED,
     Attempt,
     AttemptJournal,
+    RunLock,
     RunStatistics,
 )
 from recoverly.training._cursor import LoopCursor
@@ -75,10 +76,29 @@ class ResumableRun:
     """
 
     __slots__ = (
-        "_clock", "_cursor", "_every", "_every_s", "_finished", "_generators", "_journal",
-        "_last_save_step", "_last_save_time", "_loaded", "_manager", "_max_restarts",
-        "_objects", "_resumed_from", "_saves", "_started", "_store", "async_save", "directory",
-        "guard", "keep_last", "state",
+        "_clock",
+        "_cursor",
+        "_every",
+        "_every_s",
+        "_finished",
+        "_generators",
+        "_journal",
+        "_last_save_step",
+        "_last_save_time",
+        "_loaded",
+        "_lock",
+        "_manager",
+        "_max_restarts",
+        "_objects",
+        "_resumed_from",
+        "_saves",
+        "_started",
+        "_store",
+        "async_save",
+        "directory",
+        "guard",
+        "keep_last",
+        "state",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +147,7 @@ class ResumableRun:
         self._objects: dict[str, object] = {}
         self._generators: dict[str, object] = {}
         self._journal = AttemptJournal(self.directory / "attempts.json", self._clock)
+        self._lock = RunLock(self.directory / "run.lock")
         self._manager: CheckpointManager | None = None
         self._cursor = LoopCursor(self._generators)
         self._started = self._finished = False
@@ -176,20 +197,24 @@ class ResumableRun:
 
         Raises:
             CrashLoopError: The run keeps crashing without progress.
+            RunInUseError: Another process (or run object) is running this directory.
         """
         if self._started:
             return None  # already resumed (or started fresh)
-        self._manager = CheckpointManager(
-            self._store or self.directory / "checkpoints",
-            keep_last=self.keep_last,
-            async_save=self.async_save,
-            clock=self._clock,
-        )
-        ckpt = self._manager.load_latest()
+        self._lock.acquire()
         try:
+            self._manager = CheckpointManager(
+                self._store or self.directory / "checkpoints",
+                keep_last=self.keep_last,
+                async_save=self.async_save,
+                clock=self._clock,
+            )
+            ckpt = self._manager.load_latest()
             self._journal.begin(ckpt.step if ckpt else 0, self._max_restarts)
         except BaseException:
-            self._manager.close()
+            if self._manager is not None:
+                self._manager.close()
+            self._lock.release()
             raise
         self._started = True
         if ckpt is not None:
@@ -336,6 +361,7 @@ class ResumableRun:
                 self.guard.uninstall()
             if self._started:
                 self._journal.end(outcome, self._cursor.step, reason)
+            self._lock.release()
 
     def reset_crash_loop(self) -> None:
         """Forget the crash streak that makes :meth:`resume` raise (after fixing its cause)."""
