@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from recoverly.training._attempts import Attempt as Attempt
 from recoverly.training._attempts import CrashLoopError as CrashLoopError
-from recoverly.training._attempts import RunInUseError as RunInUseError
 from recoverly.training._attempts import RunStatistics as RunStatistics
 from recoverly.training._format import CheckpointCorrupt as CheckpointCorrupt
 from recoverly.training._format import UnsafeCheckpointError as UnsafeCheckpointError
 from recoverly.training._journal import ProgressRecord as ProgressRecord
+from recoverly.training._lock import RunInUseError as RunInUseError
 from recoverly.training.adapters import ArrayState as ArrayState
 from recoverly.training.checkpoint import Checkpoint as Checkpoint
 from recoverly.training.checkpoint import CheckpointInfo as CheckpointInfo

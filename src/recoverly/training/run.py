@@ -25,10 +25,10 @@ from recoverly.training._attempts import (
     PREEMPTED,
     Attempt,
     AttemptJournal,
-    RunLock,
     RunStatistics,
 )
 from recoverly.training._cursor import LoopCursor
+from recoverly.training._lock import RunLock
 from recoverly.training.adapters import load_object_state, object_state, skip_batches
 from recoverly.training.checkpoint import Checkpoint, CheckpointInfo, CheckpointManager
 from recoverly.training.preemption import Preempted, PreemptionGuard
@@ -76,29 +76,10 @@ class ResumableRun:
     """
 
     __slots__ = (
-        "_clock",
-        "_cursor",
-        "_every",
-        "_every_s",
-        "_finished",
-        "_generators",
-        "_journal",
-        "_last_save_step",
-        "_last_save_time",
-        "_loaded",
-        "_lock",
-        "_manager",
-        "_max_restarts",
-        "_objects",
-        "_resumed_from",
-        "_saves",
-        "_started",
-        "_store",
-        "async_save",
-        "directory",
-        "guard",
-        "keep_last",
-        "state",
+        "_clock", "_cursor", "_every", "_every_s", "_finished", "_generators", "_journal",
+        "_last_save_step", "_last_save_time", "_loaded", "_lock", "_manager", "_max_restarts",
+        "_objects", "_resumed_from", "_saves", "_started", "_store", "async_save", "directory",
+        "guard", "keep_last", "state",
     )  # fmt: skip
 
     def __init__(
