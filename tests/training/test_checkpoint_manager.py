@@ -85,6 +85,16 @@ def test_keep_last_deletes_older_checkpoints_after_commit(tmp_path):
     assert [i.step for i in mgr.list()] == [3, 4]
 
 
+def test_keep_last_keeps_every_checkpoint_while_there_are_fewer(tmp_path):
+    """keep_last=3 with fewer than three saves keeps them all, so there is one to fall back to."""
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    for step in range(3):
+        mgr.save(step, state_for(step))
+        assert [i.step for i in mgr.list()] == list(range(step + 1))
+    mgr.save(3, state_for(3))
+    assert [i.step for i in mgr.list()] == [1, 2, 3]
+
+
 @pytest.mark.parametrize(("mode", "best"), [("min", 1), ("max", 3)])
 def test_keep_best_keeps_the_best_by_metric(tmp_path, mode, best):
     """keep_best=1 keeps the best checkpoint by the monitored metric besides the newest."""

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,24 @@ def sgd_reference(sgd: Launcher, tmp_path_factory: pytest.TempPathFactory) -> tu
     return _sha(base / "final.bin"), time.monotonic() - started
 
 
+class _FinishedEarly(Exception):
+    """The run finished before every planned kill landed (a slow or loaded machine)."""
+
+
+def _chaos_with_kills(launcher: Launcher, base: Path, seconds: float, seed: int, **kw: Any) -> dict:
+    """:func:`_chaos`, started again in a fresh directory if the run outran its kills.
+
+    Whether a random kill lands before the run ends depends on the machine's load;
+    each try is a whole, independently checked run, so a retry hides nothing.
+    """
+    for attempt in range(3):
+        try:
+            return _chaos(launcher, base / f"try-{attempt}", seconds, seed + 100 * attempt, **kw)
+        except _FinishedEarly as early:  # noqa: PERF203 - a retry of a whole run
+            print(f"\nrun finished after {early.args[0]} of {KILLS} kills; again")  # noqa: T201
+    pytest.fail(f"three runs in a row finished before {KILLS} kills landed")
+
+
 def _chaos(
     launcher: Launcher, base: Path, seconds: float, seed: int, extra: dict[str, str] | None = None
 ) -> dict[str, object]:
@@ -88,7 +107,8 @@ def _chaos(
             launcher.kill(pid)
         status = launcher.wait(pid)
         if status == 0:
-            assert mode == "finish", f"the run finished before {KILLS} kills landed"
+            if mode != "finish":  # a kill point lay beyond the end of the remaining work
+                raise _FinishedEarly(len(killed))
             break
         assert status == -signal.SIGKILL, f"attempt {pid} ended with {status}"
         killed.append(pid)
@@ -140,14 +160,14 @@ def _check(name: str, result: dict, reference: str) -> None:
 def test_sgd_and_numpy_resume_byte_identical_after_sigkills(sgd, sgd_reference, tmp_path):
     """SGDClassifier.partial_fit + NumPy logistic regression: >= 6 SIGKILLs, same final bytes."""
     reference, seconds = sgd_reference
-    result = _chaos(sgd, tmp_path, seconds, seed=3)
+    result = _chaos_with_kills(sgd, tmp_path, seconds, seed=3)
     _check("sklearn+numpy", result, reference)
 
 
 def test_async_saves_resume_byte_identical_after_sigkills(sgd, sgd_reference, tmp_path):
     """The same program with async_save=True: kills during background writes change nothing."""
     reference, seconds = sgd_reference
-    result = _chaos(sgd, tmp_path, seconds, seed=10, extra={"RECOVERLY_ASYNC_SAVE": "1"})
+    result = _chaos_with_kills(sgd, tmp_path, seconds, seed=10, extra={"RECOVERLY_ASYNC_SAVE": "1"})
     _check("sklearn+numpy, async saves", result, reference)
 
 
@@ -175,7 +195,7 @@ def test_torch_mlp_with_workers_resumes_byte_identical_after_sigkills(
 ):
     """A PyTorch MLP (DataLoader num_workers=2, dropout, accumulation): same final bytes."""
     reference, seconds = torch_reference
-    result = _chaos(torch_launcher, tmp_path, seconds, seed=7)
+    result = _chaos_with_kills(torch_launcher, tmp_path, seconds, seed=7)
     _check("torch", result, reference)
 
 

@@ -38,7 +38,7 @@ def doomed(
     """
     ordered = sorted(good, key=lambda e: e[0])
     kept = {keep}
-    newest = ordered if keep_last is None else ordered[len(ordered) - keep_last :]
+    newest = ordered if keep_last is None else ordered[max(0, len(ordered) - keep_last) :]
     kept |= {name for _, name, _ in newest}
     if keep_best and monitor is not None:
         ranked = [

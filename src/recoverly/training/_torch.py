@@ -13,6 +13,7 @@ Nothing here ever unpickles.
 
 from __future__ import annotations
 
+import importlib
 import json
 import struct
 import sys
@@ -51,9 +52,9 @@ _LENGTH = struct.Struct("<Q")
 
 
 def _torch() -> Any:
-    import torch  # noqa: PLC0415 - torch is optional and heavy
-
-    return torch
+    # Imported by name: torch is optional and heavy, and typed as Any here either way,
+    # so the type check does not depend on torch being installed.
+    return importlib.import_module("torch")
 
 
 def is_tensor(value: object) -> bool:
