@@ -29,6 +29,7 @@ from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
 from recoverly.fallback import fallback as fallback
+from recoverly.pipeline import Pipeline as Pipeline
 from recoverly.registry import breakers as breakers
 from recoverly.retry import Retry as Retry
 from recoverly.retry import RetryStatistics as RetryStatistics
@@ -57,6 +58,7 @@ __all__ = [
     "CircuitState",
     "Fallback",
     "FallbackStatistics",
+    "Pipeline",
     "RateLimitExceeded",
     "RecoverlyError",
     "RejectedError",

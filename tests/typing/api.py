@@ -12,6 +12,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 from recoverly import (
+    Pipeline,
     Retry,
     RetryBudget,
     RetryStrategy,
@@ -114,3 +115,38 @@ def blocks() -> None:
     assert_type(results, list[str])
     assert_type(failed, list[tuple[int, Exception]])
     assert_type(safe_execute(int, "3", default=0), int)
+
+
+# ---------------------------------------------------------------- Pipeline
+_pipeline = Pipeline(fallback(b""), retry(max_attempts=3), timeout(2.0), name="fetch")
+
+
+@_pipeline
+def piped(url: str, *, retries: int = 1) -> bytes:
+    """A pipeline keeps the signature."""
+    return url.encode() * retries
+
+
+assert_type(piped("x"), bytes)
+assert_type(piped("x", retries=2), bytes)
+piped(1)  # type: ignore[arg-type]
+piped("x", tries=2)  # type: ignore[call-arg]
+
+
+@_pipeline
+async def apiped(n: int) -> str:
+    """Async stays async under a pipeline."""
+    return str(n)
+
+
+pending_piped = assert_type(apiped(1), Coroutine[Any, Any, str])
+pending_piped.close()
+assert_type(_pipeline.call(piped, "x", retries=3), bytes)
+_pipeline.call(piped, 1)  # type: ignore[arg-type]
+assert_type(_pipeline.describe(), tuple[str, ...])
+
+
+async def use_pipeline() -> None:
+    """``acall`` gives the awaited return type and checks the arguments."""
+    assert_type(await _pipeline.acall(apiped, 1), str)
+    await _pipeline.acall(apiped, "1")  # type: ignore[arg-type]
