@@ -9,6 +9,7 @@ training, Celery, Redis and metrics integrations are optional extras.
 
 import typing as _typing
 
+from recoverly import chaos as chaos
 from recoverly import events as events
 from recoverly import registry as registry
 from recoverly.backoff import RetryStrategy as RetryStrategy
@@ -77,6 +78,7 @@ __all__ = [
     "asafe_execute",
     "batch_with_retry",
     "breakers",
+    "chaos",
     "events",
     "fallback",
     "registry",
