@@ -26,6 +26,7 @@ from recoverly.errors import CircuitState as CircuitState
 from recoverly.errors import RateLimitExceeded as RateLimitExceeded
 from recoverly.errors import RecoverlyError as RecoverlyError
 from recoverly.errors import RejectedError as RejectedError
+from recoverly.errors import ThrottledError as ThrottledError
 from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
@@ -40,6 +41,8 @@ from recoverly.retrying import Retrying as Retrying
 from recoverly.retrying import retrying as retrying
 from recoverly.safe import asafe_execute as asafe_execute
 from recoverly.safe import safe_execute as safe_execute
+from recoverly.throttle import AdaptiveThrottle as AdaptiveThrottle
+from recoverly.throttle import AdaptiveThrottleStatistics as AdaptiveThrottleStatistics
 from recoverly.timeout import Timeout as Timeout
 from recoverly.timeout import TimeoutStatistics as TimeoutStatistics
 from recoverly.timeout import timeout as timeout
@@ -50,6 +53,8 @@ if _typing.TYPE_CHECKING:
     __version__: str
 
 __all__ = [
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "Attempt",
     "BatchProgress",
     "BulkheadFullError",
@@ -69,6 +74,7 @@ __all__ = [
     "RetryStatistics",
     "RetryStrategy",
     "Retrying",
+    "ThrottledError",
     "Timeout",
     "TimeoutExceeded",
     "TimeoutStatistics",
