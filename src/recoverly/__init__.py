@@ -31,6 +31,9 @@ from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
 from recoverly.fallback import fallback as fallback
+from recoverly.hedge import Hedge as Hedge
+from recoverly.hedge import HedgeStatistics as HedgeStatistics
+from recoverly.hedge import hedge as hedge
 from recoverly.pipeline import Pipeline as Pipeline
 from recoverly.registry import breakers as breakers
 from recoverly.retry import Retry as Retry
@@ -64,6 +67,8 @@ __all__ = [
     "CircuitState",
     "Fallback",
     "FallbackStatistics",
+    "Hedge",
+    "HedgeStatistics",
     "Pipeline",
     "RateLimitExceeded",
     "RecoverlyError",
@@ -87,6 +92,7 @@ __all__ = [
     "chaos",
     "events",
     "fallback",
+    "hedge",
     "registry",
     "retry",
     "retrying",
