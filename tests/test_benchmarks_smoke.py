@@ -190,3 +190,21 @@ def test_runner_writes_the_pipeline_section(tmp_path, monkeypatch):
     written = (tmp_path / "RESULTS.md").read_text()
     assert written.count("<!-- pipeline -->") == 1
     assert "Pipeline(retry, breaker) overhead >= 15x less" in written
+
+
+bench_hedge = importlib.import_module("bench_hedge")
+
+
+@pytest.mark.realtime
+def test_hedge_bench_counts_attempts_and_reports_quantiles():
+    """A tiny hedging run counts one attempt per unhedged call and reports both runs."""
+    bare, hedged = bench_hedge.run(
+        calls=60, concurrency=6, delay=0.004, fast=0.001, slow=0.05, slow_share=0.2
+    )
+    assert len(bare.latencies) == len(hedged.latencies) == 60
+    assert bare.attempts == 60
+    assert 60 < hedged.attempts <= 120  # slow first attempts were hedged, once at most
+    assert bare.quantile(0.99) >= 0.05  # some unhedged calls were slow
+    text = bench_hedge.section(bare, hedged, calls=60, concurrency=6)
+    assert "| unhedged |" in text
+    assert "| hedge(delay=0.004) |" in text
