@@ -12,6 +12,7 @@ from recoverly import (
     AdaptiveThrottle,
     Pipeline,
     RejectedError,
+    RetryBudget,
     ThrottledError,
     events,
     retry,
@@ -212,3 +213,25 @@ def test_bad_settings_are_all_listed() -> None:
         assert piece in text
     with pytest.raises(TypeError, match="random must be callable"):
         AdaptiveThrottle(random=3)  # type: ignore[arg-type]
+
+
+def test_throttle_and_budget_cut_the_load_on_a_dead_backend(clock: ManualClock) -> None:
+    """Against a backend refusing everything, attempts per call fall from 3 to below 1."""
+
+    def attempts_per_call(*parts: object) -> float:
+        backend = FlakyCall(failures=10**9, exception=ConnectionRefusedError("overloaded"))
+        guarded = Pipeline(*parts)(backend)  # type: ignore[arg-type]
+        for _ in range(200):
+            clock.advance(0.05)  # 20 calls per second
+            _outcome(guarded)
+        return backend.calls / 200
+
+    plain = attempts_per_call(retry(max_attempts=3, delay=0, clock=clock))
+    budget = RetryBudget(ratio=0.1, min_per_second=0, clock=clock)
+    budgeted = attempts_per_call(retry(max_attempts=3, delay=0, budget=budget, clock=clock))
+    throttle = AdaptiveThrottle(clock=clock, random=random.Random(9).random)
+    budget2 = RetryBudget(ratio=0.1, min_per_second=0, clock=clock)
+    both = attempts_per_call(throttle, retry(max_attempts=3, delay=0, budget=budget2, clock=clock))
+    assert plain == 3.0
+    assert 1.0 <= budgeted <= 1.2
+    assert both < 0.2  # most calls never leave the client

@@ -194,11 +194,7 @@ class Hedge:
     async def _call_async(
         self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            msg = f"hedge runs async functions on asyncio only; {label} was awaited elsewhere"
-            raise RuntimeError(msg) from None
+        _require_asyncio(label)
         self._started_call()
         clock = resolve(self._clock)
         running: dict[asyncio.Future[Any], int] = {}
@@ -231,7 +227,9 @@ class Hedge:
                     else:
                         hedging = False
         finally:
-            await _stop([*running, *([timer] if timer is not None else [])])
+            if timer is not None:
+                timer.cancel()  # only a sleep: nothing to wait for
+            await _stop(list(running))
 
     # ------------------------------------------------------------ public API
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
@@ -265,6 +263,14 @@ class Hedge:
             f"<{self.describe_part()} calls={s.calls} hedges={s.hedges} "
             f"hedge_wins={s.hedge_wins} denied={s.denied}>"
         )
+
+
+def _require_asyncio(label: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        msg = f"hedge runs async functions on asyncio only; {label} was awaited elsewhere"
+        raise RuntimeError(msg) from None
 
 
 async def _stop(tasks: list[asyncio.Future[Any]]) -> None:

@@ -12,13 +12,16 @@ from typing import Any
 from typing_extensions import assert_type
 
 from recoverly import (
+    AdaptiveThrottle,
     Pipeline,
     Retry,
     RetryBudget,
     RetryStrategy,
     Timeout,
     batch_with_retry,
+    chaos,
     fallback,
+    hedge,
     retry,
     retrying,
     safe_execute,
@@ -150,3 +153,37 @@ async def use_pipeline() -> None:
     """``acall`` gives the awaited return type and checks the arguments."""
     assert_type(await _pipeline.acall(apiped, 1), str)
     await _pipeline.acall(apiped, "1")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- hedge, throttle, chaos
+@hedge(delay=0.02)
+async def hedged_lookup(key: str) -> bytes:
+    """A hedged coroutine function keeps its signature."""
+    return key.encode()
+
+
+pending_hedged = assert_type(hedged_lookup("k"), Coroutine[Any, Any, bytes])
+pending_hedged.close()
+hedged_lookup(1).close()  # type: ignore[arg-type]
+
+
+@AdaptiveThrottle(k=2.0)
+def throttled(n: int) -> int:
+    """A throttled function keeps its signature."""
+    return n
+
+
+assert_type(throttled(1), int)
+throttled("1")  # type: ignore[arg-type]
+
+
+@chaos.fault(0.1, ConnectionError)
+@chaos.latency(0.1, 1.0)
+@chaos.outcome(0.1, 0)
+def chaotic(n: int) -> int:
+    """Chaos parts keep the signature."""
+    return n
+
+
+assert_type(chaotic(1), int)
+assert_type(Pipeline(chaos.fault(0.5, ValueError), hedge(), AdaptiveThrottle())(chaotic)(2), int)
