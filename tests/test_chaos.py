@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from recoverly import Pipeline, chaos, retry
+from recoverly import events as ev
 from recoverly.testing import FlakyCall, ManualClock
 
 
@@ -205,3 +206,13 @@ def test_bad_arguments_are_all_listed() -> None:
         assert piece in text
     with pytest.raises(ValueError, match="seconds must be a finite number"):
         chaos.latency(0.1, -1)
+
+
+def test_each_injection_is_reported_as_an_event(events: list[object]) -> None:
+    """An injection emits ChaosInjected naming the part and its kind; a pass emits nothing."""
+    guarded = chaos.outcome(1.0, 0, name="db", enabled=True)(_ok)
+    guarded()
+    chaos.fault(0.0, ConnectionError, enabled=True)(_ok)()
+    assert [e for e in events if isinstance(e, ev.ChaosInjected)] == [
+        ev.ChaosInjected("db", "outcome")
+    ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from recoverly import Pipeline, RetryBudget, hedge, retry
+from recoverly import events as ev
 from recoverly.testing import ManualClock
 
 
@@ -319,3 +320,18 @@ def test_generators_are_refused() -> None:
 
     with pytest.raises(TypeError, match="hedge cannot wrap"):
         hedge()(gen)
+
+
+def test_each_hedge_is_reported_as_an_event(clock: ManualClock, events: list[object]) -> None:
+    """A started hedge emits HedgeStarted with its attempt number and the delay."""
+    counter = itertools.count()
+
+    async def lookup() -> int:
+        if next(counter) == 0:
+            await asyncio.Event().wait()
+        return 1
+
+    asyncio.run(hedge(delay=0.3, name="cache", clock=clock)(lookup)())
+    assert [e for e in events if isinstance(e, ev.HedgeStarted)] == [
+        ev.HedgeStarted("cache", 1, 0.3)
+    ]

@@ -41,9 +41,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
+from recoverly._core.bus import BUS
 from recoverly._core.callables import decoratable_kind, guess_name, wrap
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Duration, Problems
+from recoverly.events import ChaosInjected
 
 __all__ = [
     "ChaosStatistics",
@@ -134,15 +136,17 @@ class _Chaos:
         self._lock = threading.Lock()
         self._calls = self._injected = 0
 
-    def _inject(self) -> bool:
-        """Decide for one call whether to inject (and count it)."""
+    def _inject(self, label: str) -> bool:
+        """Decide for one call whether to inject (count and report it)."""
         on = self.enabled if self.enabled is not None else is_enabled()
         with self._lock:
             self._calls += 1
             if not on or self._random.random() >= self.rate:
                 return False
             self._injected += 1
-            return True
+        if BUS.wants(ChaosInjected):
+            BUS.emit(ChaosInjected(label, self._kind))
+        return True
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate ``fn``; the wrapper has the same kind and signature."""
@@ -150,11 +154,11 @@ class _Chaos:
         label = self.name or guess_name(fn)
         return cast("Callable[P, T]", wrap(fn, kind, label, self._call_sync, self._call_async))
 
-    def _call_sync(self, _label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         raise NotImplementedError  # pragma: no cover - every part defines it
 
     async def _call_async(
-        self, _label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
         raise NotImplementedError  # pragma: no cover - every part defines it
 
@@ -217,15 +221,15 @@ class Fault(_Chaos):
             raise TypeError(msg)
         return made
 
-    def _call_sync(self, _label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        if self._inject():
+    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        if self._inject(label):
             raise self._error()
         return fn(*args, **kwargs)
 
     async def _call_async(
-        self, _label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
-        if self._inject():
+        if self._inject(label):
             raise self._error()
         return await fn(*args, **kwargs)
 
@@ -260,15 +264,15 @@ class Latency(_Chaos):
         self._clock = clock
         super().__init__(p, rate, seed, enabled, name)
 
-    def _call_sync(self, _label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        if self._inject():
+    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        if self._inject(label):
             resolve(self._clock).sleep(self.seconds)
         return fn(*args, **kwargs)
 
     async def _call_async(
-        self, _label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
-        if self._inject():
+        if self._inject(label):
             await resolve(self._clock).asleep(self.seconds)
         return await fn(*args, **kwargs)
 
@@ -298,15 +302,15 @@ class Outcome(_Chaos):
         self.value = value
         super().__init__(Problems(), rate, seed, enabled, name)
 
-    def _call_sync(self, _label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        if self._inject():
+    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        if self._inject(label):
             return cast("T", self.value)
         return fn(*args, **kwargs)
 
     async def _call_async(
-        self, _label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
-        if self._inject():
+        if self._inject(label):
             return cast("T", self.value)
         return await fn(*args, **kwargs)
 

@@ -46,10 +46,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
+from recoverly._core.bus import BUS
 from recoverly._core.callables import decoratable_kind, guess_name, wrap
 from recoverly._core.clock import Clock, SystemClock, resolve
 from recoverly._core.validate import Duration, Problems
 from recoverly.budget import RetryBudget
+from recoverly.events import HedgeStarted
 
 __all__ = ["Hedge", "HedgeStatistics", "hedge"]
 
@@ -123,12 +125,14 @@ class Hedge:
         if self.budget is not None:
             self.budget.deposit()
 
-    def _may_hedge(self) -> bool:
-        """Take one hedge from the budget; count a refusal."""
+    def _may_hedge(self, label: str, attempt: int) -> bool:
+        """Take one hedge from the budget (count a refusal); report the hedge."""
         if self.budget is not None and not self.budget.try_withdraw():
             self._add(3)
             return False
         self._add(1)
+        if BUS.wants(HedgeStarted):
+            BUS.emit(HedgeStarted(label, attempt, self.delay))
         return True
 
     # ------------------------------------------------------------ sync: threads
@@ -148,7 +152,7 @@ class Hedge:
             name = f"recoverly-hedge {label} #{index}"
             threading.Thread(target=attempt, name=name, daemon=True).start()
 
-        started, finished, hedging = self._first_wave(launch), 0, self.delay > 0
+        started, finished, hedging = self._first_wave(label, launch), 0, self.delay > 0
         next_at = _REAL_TIME.monotonic() + self.delay
         while True:
             hedging = hedging and started <= self.max_hedged
@@ -159,7 +163,7 @@ class Hedge:
                 else:
                     got = answers.get()
             except queue.Empty:
-                if self._may_hedge():
+                if self._may_hedge(label, started):
                     launch(started)
                     started += 1
                     next_at = _REAL_TIME.monotonic() + self.delay
@@ -174,12 +178,12 @@ class Hedge:
             if finished == started:  # a failure is not replaced: retry is for errors
                 raise value
 
-    def _first_wave(self, start: Callable[[int], object]) -> int:
+    def _first_wave(self, label: str, start: Callable[[int], object]) -> int:
         """Start the first attempt (and with ``delay=0`` every hedge allowed); return the count."""
         start(0)
         started = 1
         if self.delay == 0:
-            while started <= self.max_hedged and self._may_hedge():
+            while started <= self.max_hedged and self._may_hedge(label, started):
                 start(started)
                 started += 1
         return started
@@ -203,7 +207,7 @@ class Hedge:
             running[asyncio.ensure_future(fn(*args, **kwargs))] = index
 
         timer: asyncio.Future[Any] | None = None
-        started, hedging = self._first_wave(launch), self.delay > 0
+        started, hedging = self._first_wave(label, launch), self.delay > 0
         try:
             while True:
                 hedging = hedging and started <= self.max_hedged
@@ -221,7 +225,7 @@ class Hedge:
                     raise cast("BaseException", answered[-1].exception())
                 if timer is not None and timer in done:
                     timer = None
-                    if self._may_hedge():
+                    if self._may_hedge(label, started):
                         launch(started)
                         started += 1
                     else:
