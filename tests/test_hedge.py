@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from recoverly import Pipeline, RetryBudget, hedge, retry
+from recoverly import Pipeline, RetryBudget, TimeoutExceeded, hedge, retry, timeout
 from recoverly import events as ev
 from recoverly.testing import ManualClock
 
@@ -166,8 +166,10 @@ def test_async_caller_cancellation_cancels_every_attempt(clock: ManualClock) -> 
             cancelled.append(n)
             raise
 
+    policy = hedge(delay=0, clock=clock)
+
     async def main() -> None:
-        task = asyncio.ensure_future(hedge(delay=0, clock=clock)(lookup)())
+        task = asyncio.ensure_future(policy(lookup)())
         for _ in range(5):
             await asyncio.sleep(0)
         task.cancel()
@@ -176,6 +178,7 @@ def test_async_caller_cancellation_cancels_every_attempt(clock: ManualClock) -> 
 
     asyncio.run(main())
     assert sorted(cancelled) == [0, 1]
+    assert policy.statistics().cancelled == 2
 
 
 def test_async_hedge_under_trio_says_it_needs_asyncio() -> None:
@@ -335,3 +338,18 @@ def test_each_hedge_is_reported_as_an_event(clock: ManualClock, events: list[obj
     assert [e for e in events if isinstance(e, ev.HedgeStarted)] == [
         ev.HedgeStarted("cache", 1, 0.3)
     ]
+
+
+@pytest.mark.realtime
+def test_sync_outer_timeout_leaves_the_attempts_abandoned_and_counted() -> None:
+    """timeout > hedge: the timeout interrupts the wait; running attempts count as abandoned."""
+    release = threading.Event()
+    policy = hedge(delay=0)
+    guarded = Pipeline(timeout(0.05), policy)(lambda: release.wait(5))
+    try:
+        with pytest.raises(TimeoutExceeded):
+            guarded()
+    finally:
+        release.set()
+    s = policy.statistics()
+    assert (s.calls, s.hedges, s.abandoned, s.hedge_wins) == (1, 1, 2, 0)

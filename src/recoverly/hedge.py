@@ -154,29 +154,34 @@ class Hedge:
 
         started, finished, hedging = self._first_wave(label, launch), 0, self.delay > 0
         next_at = _REAL_TIME.monotonic() + self.delay
-        while True:
-            hedging = hedging and started <= self.max_hedged
-            try:
-                if hedging:
-                    wait = next_at - _REAL_TIME.monotonic()
-                    got = answers.get(timeout=wait) if wait > 0 else answers.get_nowait()
-                else:
-                    got = answers.get()
-            except queue.Empty:
-                if self._may_hedge(label, started):
-                    launch(started)
-                    started += 1
-                    next_at = _REAL_TIME.monotonic() + self.delay
-                else:
-                    hedging = False
-                continue
-            index, ok, value = got
-            finished += 1
-            if ok:
-                self._settle(index, started - finished, 5)
-                return cast("T", value)
-            if finished == started:  # a failure is not replaced: retry is for errors
-                raise value
+        try:
+            while True:
+                hedging = hedging and started <= self.max_hedged
+                try:
+                    if hedging:
+                        wait = next_at - _REAL_TIME.monotonic()
+                        got = answers.get(timeout=wait) if wait > 0 else answers.get_nowait()
+                    else:
+                        got = answers.get()
+                except queue.Empty:
+                    if self._may_hedge(label, started):
+                        launch(started)
+                        started += 1
+                        next_at = _REAL_TIME.monotonic() + self.delay
+                    else:
+                        hedging = False
+                    continue
+                index, ok, value = got
+                finished += 1
+                if ok:
+                    self._won(index)
+                    return cast("T", value)
+                if finished == started:  # a failure is not replaced: retry is for errors
+                    raise value
+        finally:
+            # Whatever ended the wait (an answer, or an interruption such as an
+            # outer timeout), the attempts still running are left behind.
+            self._add(5, started - finished)
 
     def _first_wave(self, label: str, start: Callable[[int], object]) -> int:
         """Start the first attempt (and with ``delay=0`` every hedge allowed); return the count."""
@@ -188,11 +193,9 @@ class Hedge:
                 started += 1
         return started
 
-    def _settle(self, winner: int, losers: int, loser_kind: int) -> None:
-        with self._lock:
-            if winner:
-                self._counts[2] += 1
-            self._counts[loser_kind] += losers
+    def _won(self, winner: int) -> None:
+        if winner:
+            self._add(2)
 
     # ------------------------------------------------------------ async: tasks
     async def _call_async(
@@ -219,7 +222,7 @@ class Hedge:
                 for task in answered:
                     index = running.pop(task)
                     if task.exception() is None:
-                        self._settle(index, len(running), 4)
+                        self._won(index)
                         return cast("T", task.result())
                 if not running:  # every attempt failed; a failure is not replaced
                     raise cast("BaseException", answered[-1].exception())
@@ -233,6 +236,7 @@ class Hedge:
         finally:
             if timer is not None:
                 timer.cancel()  # only a sleep: nothing to wait for
+            self._add(4, len(running))
             await _stop(list(running))
 
     # ------------------------------------------------------------ public API
