@@ -13,6 +13,7 @@ import pytest
 
 from recoverly import Pipeline, RetryBudget, TimeoutExceeded, hedge, retry, timeout
 from recoverly import events as ev
+from recoverly._core.clock import SystemClock
 from recoverly.testing import ManualClock
 
 
@@ -353,3 +354,32 @@ def test_sync_outer_timeout_leaves_the_attempts_abandoned_and_counted() -> None:
         release.set()
     s = policy.statistics()
     assert (s.calls, s.hedges, s.abandoned, s.hedge_wins) == (1, 1, 2, 0)
+
+
+@pytest.mark.realtime
+def test_async_on_the_process_clock_hedges_after_the_real_delay() -> None:
+    """On the system clock the timer is a loop timer: the hedge starts after ~delay."""
+    counter = itertools.count()
+    started_at: list[float] = []
+
+    async def lookup() -> int:
+        n = next(counter)
+        started_at.append(time.monotonic())
+        if n == 0:
+            await asyncio.sleep(5)
+        return n
+
+    policy = hedge(delay=0.03, clock=SystemClock())
+    begun = time.monotonic()
+    assert asyncio.run(policy(lookup)()) == 1
+    assert started_at[1] - started_at[0] >= 0.025
+    assert time.monotonic() - begun < 2
+    fast = hedge(delay=0.5, clock=SystemClock())
+    assert asyncio.run(fast(lambda_async_one)()) == 1
+    assert fast.statistics().hedges == 0
+    assert policy.statistics().cancelled == 1
+
+
+async def lambda_async_one() -> int:
+    """Answer at once."""
+    return 1

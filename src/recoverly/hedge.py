@@ -39,6 +39,7 @@ the per-attempt timeout: ``Pipeline(retry(...), hedge(...), timeout(...))``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import queue
 import threading
@@ -201,43 +202,37 @@ class Hedge:
     async def _call_async(
         self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
     ) -> T:
-        _require_asyncio(label)
+        race = _Race(_running_loop(label), resolve(self._clock))
         self._started_call()
-        clock = resolve(self._clock)
-        running: dict[asyncio.Future[Any], int] = {}
-
-        def launch(index: int) -> None:
-            running[asyncio.ensure_future(fn(*args, **kwargs))] = index
-
-        timer: asyncio.Future[Any] | None = None
-        started, hedging = self._first_wave(label, launch), self.delay > 0
+        started = self._first_wave(label, lambda i: race.start(fn(*args, **kwargs), i))
+        hedging = self.delay > 0
         try:
             while True:
                 hedging = hedging and started <= self.max_hedged
-                if hedging and timer is None:
-                    timer = asyncio.ensure_future(clock.asleep(self.delay))
-                waiting = set(running) if timer is None else {*running, timer}
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                answered = [t for t in done if t is not timer]
-                for task in answered:
-                    index = running.pop(task)
-                    if task.exception() is None:
+                if hedging and not race.armed:
+                    race.arm(self.delay)
+                await race.next_event()
+                failure: BaseException | None = None
+                while race.finished:
+                    task = race.finished.popleft()
+                    index = race.running.pop(task)
+                    failure = task.exception()
+                    if failure is None:
                         self._won(index)
                         return cast("T", task.result())
-                if not running:  # every attempt failed; a failure is not replaced
-                    raise cast("BaseException", answered[-1].exception())
-                if timer is not None and timer in done:
-                    timer = None
+                if not race.running:  # every attempt failed; a failure is not replaced
+                    raise cast("BaseException", failure)
+                if race.fired:
+                    race.disarm()
                     if self._may_hedge(label, started):
-                        launch(started)
+                        race.start(fn(*args, **kwargs), started)
                         started += 1
                     else:
                         hedging = False
         finally:
-            if timer is not None:
-                timer.cancel()  # only a sleep: nothing to wait for
-            self._add(4, len(running))
-            await _stop(list(running))
+            race.disarm()
+            self._add(4, len(race.running))
+            await _stop(list(race.running))
 
     # ------------------------------------------------------------ public API
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
@@ -273,12 +268,85 @@ class Hedge:
         )
 
 
-def _require_asyncio(label: str) -> None:
+def _running_loop(label: str) -> asyncio.AbstractEventLoop:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
         msg = f"hedge runs async functions on asyncio only; {label} was awaited elsewhere"
         raise RuntimeError(msg) from None
+
+
+class _Race:
+    """One async hedged call: its attempt tasks, its hedge timer and one wake-up future.
+
+    Done-callbacks record finished attempts and the timer, so waiting costs one
+    future per wake-up. On the process clock the timer is a ``call_later``
+    handle; on any other clock (a manual clock in tests) it is a task sleeping
+    through that clock.
+    """
+
+    __slots__ = ("clock", "finished", "fired", "loop", "running", "timer", "wake")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+        self.loop = loop
+        self.clock = clock
+        self.running: dict[asyncio.Future[Any], int] = {}
+        self.finished: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.timer: asyncio.TimerHandle | asyncio.Future[Any] | None = None
+        self.fired = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def _wake_up(self) -> None:
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _attempt_done(self, task: asyncio.Future[Any]) -> None:
+        self.finished.append(task)
+        self._wake_up()
+
+    def _timer_done(self, task: object = None) -> None:
+        if isinstance(task, asyncio.Future) and task.cancelled():
+            return
+        self.fired = True
+        self._wake_up()
+
+    def start(self, awaitable: Awaitable[Any], index: int) -> None:
+        """Start one attempt as a task."""
+        task = asyncio.ensure_future(awaitable)
+        self.running[task] = index
+        task.add_done_callback(self._attempt_done)
+
+    @property
+    def armed(self) -> bool:
+        """Whether a hedge timer is pending or has fired unhandled."""
+        return self.timer is not None
+
+    def arm(self, delay: float) -> None:
+        """Start the timer of the next hedge."""
+        if type(self.clock) is SystemClock:
+            self.timer = self.loop.call_later(delay, self._timer_done)
+        else:
+            sleeper = asyncio.ensure_future(self.clock.asleep(delay))
+            sleeper.add_done_callback(self._timer_done)
+            self.timer = sleeper
+
+    def disarm(self) -> None:
+        """Cancel the timer (a sleep: nothing to wait for) and forget it fired."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.fired = False
+
+    async def next_event(self) -> None:
+        """Return once an attempt has finished or the timer has fired."""
+        if self.finished or self.fired:
+            return
+        self.wake = self.loop.create_future()
+        try:
+            await self.wake
+        finally:
+            self.wake = None
 
 
 async def _stop(tasks: list[asyncio.Future[Any]]) -> None:
