@@ -550,6 +550,31 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     _no_alarm_left(env)
 
 
+@check("pipeline/inventory")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    stock_level, inventory = ns["stock_level"], ns["inventory"]
+    breaker = inventory.parts[2]
+    assert inventory.describe() == (
+        "fallback alternatives=1",
+        "retry max_attempts=3 strategy=EXPONENTIAL",
+        "circuit_breaker 'inventory' failure_threshold=5",
+        "timeout seconds=2",
+    )
+    assert stock_level("A1") == {"data": "live"}
+    env.network.fail(1)
+    assert stock_level("A1") == {"data": "live"}  # retried once, inside the fallback
+    assert env.clock.sleeps == [0.2]
+    env.network.calls.clear()
+    env.network.default = requests.ConnectionError("inventory down")
+    cache = {"sku": "A1", "stock": None, "source": "cache"}
+    assert [stock_level("A1") for _ in range(3)] == [cache] * 3
+    assert len(env.network.calls) == 5  # as in guide/composition: 3 + 2, then rejections
+    assert breaker.state is CircuitState.OPEN
+    reasons = [type(e.exception).__name__ for e in env.of(ev.FallbackUsed)]
+    assert reasons == ["ConnectionError", "CircuitBreakerError", "CircuitBreakerError"]
+    _no_alarm_left(env)
+
+
 # ---------------------------------------------------------------- events
 @check("events/subscribe")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
