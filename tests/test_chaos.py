@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -32,15 +35,15 @@ def _one(guarded: Callable[[], str]) -> str:
 
 def test_parts_inject_nothing_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no switch, rate 1 parts call the function and count no injection."""
-    monkeypatch.delenv("RECOVERLY_CHAOS", raising=False)
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
     part = chaos.fault(1.0, ConnectionError)
     assert _outcomes(part, 5) == ["real"] * 5
-    assert part.statistics() == chaos.ChaosStatistics(calls=5, injected=0)
+    assert part.statistics() == chaos.ChaosStatistics(calls=0, injected=0)
 
 
 def test_enabled_argument_switches_one_part_on_and_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """``enabled=True`` injects without any switch; ``enabled=False`` ignores every switch."""
-    monkeypatch.setenv("RECOVERLY_CHAOS", "1")
+    monkeypatch.setattr(chaos, "ENV_ENABLED", True)
     assert _outcomes(chaos.fault(1.0, ConnectionError, enabled=True), 2) == ["fault"] * 2
     with chaos.enabled():
         assert _outcomes(chaos.fault(1.0, ConnectionError, enabled=False), 2) == ["real"] * 2
@@ -50,7 +53,7 @@ def test_context_manager_switches_on_inside_the_block_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``with chaos.enabled():`` injects inside the block, not after it."""
-    monkeypatch.delenv("RECOVERLY_CHAOS", raising=False)
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
     part = chaos.fault(1.0, ConnectionError)
     with chaos.enabled():
         assert chaos.is_enabled()
@@ -62,19 +65,19 @@ def test_context_manager_switches_on_inside_the_block_only(
 def test_environment_variable_switches_on_and_block_can_switch_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``RECOVERLY_CHAOS=1`` enables chaos; ``enabled(False)`` turns it off in a block."""
+    """The environment switch enables chaos; ``enabled(False)`` turns it off in a block."""
     part = chaos.fault(1.0, ConnectionError)
-    monkeypatch.setenv("RECOVERLY_CHAOS", "1")
+    monkeypatch.setattr(chaos, "ENV_ENABLED", True)
     assert _outcomes(part, 1) == ["fault"]
     with chaos.enabled(False):
         assert _outcomes(part, 1) == ["real"]
-    monkeypatch.setenv("RECOVERLY_CHAOS", "0")
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
     assert _outcomes(part, 1) == ["real"]
 
 
 def test_block_switch_does_not_leak_into_other_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The block switch belongs to the current thread; a thread started bare sees it off."""
-    monkeypatch.delenv("RECOVERLY_CHAOS", raising=False)
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
     seen: list[bool] = []
     with chaos.enabled():
         t = threading.Thread(target=lambda: seen.append(chaos.is_enabled()))
@@ -216,3 +219,23 @@ def test_each_injection_is_reported_as_an_event(events: list[object]) -> None:
     assert [e for e in events if isinstance(e, ev.ChaosInjected)] == [
         ev.ChaosInjected("db", "outcome")
     ]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "fault"), ("0", "real"), (None, "real")])
+def test_environment_variable_is_read_at_import(value: str | None, expected: str) -> None:
+    """A process started with RECOVERLY_CHAOS=1 injects; with 0 or unset it does not."""
+    env = {k: v for k, v in os.environ.items() if k != "RECOVERLY_CHAOS"}
+    if value is not None:
+        env["RECOVERLY_CHAOS"] = value
+    code = (
+        "from recoverly import chaos\n"
+        "def ok(): return 'real'\n"
+        "try:\n"
+        "    print(chaos.fault(1.0, ConnectionError)(ok)())\n"
+        "except ConnectionError:\n"
+        "    print('fault')\n"
+    )
+    out = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected

@@ -22,7 +22,9 @@ at each call in this order:
 2. otherwise, inside ``with chaos.enabled():`` (``enabled(False)`` switches off
    chaos in a block); the switch follows the current thread or task
    (``contextvars``);
-3. otherwise, when the environment variable ``RECOVERLY_CHAOS`` is ``1``.
+3. otherwise, when the environment variable ``RECOVERLY_CHAOS`` was ``1`` when
+   recoverly was imported (it is read once: a disabled part then costs a
+   context-variable lookup per call, not an environment lookup).
 
 When active, each call injects with probability ``rate``, drawn from the part's
 own random generator: a ``seed`` makes the sequence of injections reproducible.
@@ -67,6 +69,8 @@ ENV_VAR = "RECOVERLY_CHAOS"
 _SWITCH: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "recoverly_chaos", default=None
 )
+#: Whether ``RECOVERLY_CHAOS=1`` was set when this module was imported.
+ENV_ENABLED = os.environ.get(ENV_VAR, "") == "1"
 
 
 @contextmanager
@@ -91,9 +95,7 @@ def is_enabled() -> bool:
     .. versionadded:: 0.2
     """
     switch = _SWITCH.get()
-    if switch is not None:
-        return switch
-    return os.environ.get(ENV_VAR, "") == "1"
+    return ENV_ENABLED if switch is None else switch
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class ChaosStatistics:
     """Counters of one chaos part.
 
     Attributes:
-        calls: Calls that went through the part.
+        calls: Calls made while the part was switched on (each rolled the dice).
         injected: Calls into which the part injected its chaos.
 
     .. versionadded:: 0.2
@@ -138,10 +140,11 @@ class _Chaos:
 
     def _inject(self, label: str) -> bool:
         """Decide for one call whether to inject (count and report it)."""
-        on = self.enabled if self.enabled is not None else is_enabled()
+        if not (self.enabled if self.enabled is not None else is_enabled()):
+            return False  # switched off: no lock, no draw, nothing counted
         with self._lock:
             self._calls += 1
-            if not on or self._random.random() >= self.rate:
+            if self._random.random() >= self.rate:
                 return False
             self._injected += 1
         if BUS.wants(ChaosInjected):
