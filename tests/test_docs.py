@@ -557,7 +557,7 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert inventory.describe() == (
         "fallback alternatives=1",
         "retry max_attempts=3 strategy=EXPONENTIAL",
-        "circuit_breaker 'inventory' failure_threshold=5",
+        "circuit_breaker 'stock' failure_threshold=5",
         "timeout seconds=2",
     )
     assert stock_level("A1") == {"data": "live"}

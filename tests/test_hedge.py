@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import itertools
 import threading
 import time
@@ -15,6 +16,8 @@ from recoverly import Pipeline, RetryBudget, TimeoutExceeded, hedge, retry, time
 from recoverly import events as ev
 from recoverly._core.clock import SystemClock
 from recoverly.testing import ManualClock
+
+hedge_module = importlib.import_module("recoverly.hedge")
 
 
 def _empty_budget(clock: ManualClock) -> RetryBudget:
@@ -383,3 +386,53 @@ def test_async_on_the_process_clock_hedges_after_the_real_delay() -> None:
 async def lambda_async_one() -> int:
     """Answer at once."""
     return 1
+
+
+@pytest.mark.realtime
+def test_sync_attempts_reuse_idle_worker_threads() -> None:
+    """Sequential hedged calls reuse idle workers instead of starting a thread each."""
+    names: list[int] = []
+    guarded = hedge(delay=1)(lambda: names.append(threading.get_ident()))
+    for _ in range(50):
+        guarded()
+    # A worker still handing back its answer is not idle yet, so a few may start.
+    assert len(set(names)) < 10
+
+
+@pytest.mark.realtime
+def test_sync_hung_attempt_never_blocks_new_attempts() -> None:
+    """While one worker is stuck in a hung attempt, later calls still get a thread."""
+    release = threading.Event()
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def lookup() -> int:
+        with lock:
+            n = next(counter)
+        if n == 0:
+            release.wait(5)
+        return n
+
+    guarded = hedge(delay=0.01)(lookup)
+    try:
+        assert guarded() == 1  # the first attempt hangs; its hedge answers
+        assert [guarded() for _ in range(3)] == [2, 3, 4]
+    finally:
+        release.set()
+
+
+@pytest.mark.realtime
+def test_idle_workers_exit_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker idle longer than IDLE_SECONDS exits; the next call starts a fresh one."""
+    monkeypatch.setattr(hedge_module, "IDLE_SECONDS", 0.02)
+    workers = hedge_module._Workers()
+    done = threading.Event()
+    workers.submit(done.set)
+    assert done.wait(2)
+    deadline = time.monotonic() + 2
+    while workers.idle() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert workers.idle() == 0
+    again = threading.Event()
+    workers.submit(again.set)
+    assert again.wait(2)

@@ -10,11 +10,12 @@ not answered after ``delay`` seconds, starts the same request again (up to
 
 * ``async def`` functions: every attempt is an asyncio task; when one succeeds,
   the others are **cancelled** (and awaited until they have stopped).
-* Plain functions: every attempt runs in its own daemon thread and the caller
-  waits for the first answer. The losers cannot be stopped: they are
-  **abandoned**, keep running until they return on their own, and are counted
-  in :meth:`Hedge.statistics`. Starting a thread costs tens of microseconds per
-  call, hedged or not.
+* Plain functions: every attempt runs in a daemon worker thread (idle workers
+  are reused; one idle for 30 s exits) and the caller waits for the first
+  answer. The losers cannot be stopped: they are **abandoned**, keep running
+  until they return on their own (holding their thread), and are counted in
+  :meth:`Hedge.statistics`. Handing a call to a worker costs tens of
+  microseconds, hedged or not.
 * ``delay=0`` starts all ``1 + max_hedged`` attempts at once (a race).
 * An attempt that fails is not replaced (that is what :func:`~recoverly.retry`
   is for): the call waits for the attempts still running and raises the last
@@ -150,8 +151,7 @@ class Hedge:
                 except BaseException as exc:  # handed to the waiting caller
                     answers.put((index, False, exc))
 
-            name = f"recoverly-hedge {label} #{index}"
-            threading.Thread(target=attempt, name=name, daemon=True).start()
+            _WORKERS.submit(attempt)
 
         started, finished, hedging = self._first_wave(label, launch), 0, self.delay > 0
         next_at = _REAL_TIME.monotonic() + self.delay
@@ -266,6 +266,60 @@ class Hedge:
             f"<{self.describe_part()} calls={s.calls} hedges={s.hedges} "
             f"hedge_wins={s.hedge_wins} denied={s.denied}>"
         )
+
+
+class _Workers:
+    """Reusable daemon threads for sync attempts.
+
+    An idle thread takes the next attempt; when none is idle a new one starts,
+    so an attempt that hangs holds only its own thread and can never stop a
+    hedge from starting. A thread idle for :data:`IDLE_SECONDS` exits.
+    """
+
+    __slots__ = ("_idle", "_jobs", "_lock")
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on an idle thread, or on a new one."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(
+            target=self._work, args=(job,), name="recoverly-hedge", daemon=True
+        ).start()
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            job()  # attempts catch everything themselves
+            del job
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:  # a job handed over while timing out is still taken
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+    def idle(self) -> int:
+        """Return how many threads wait for work."""
+        with self._lock:
+            return self._idle
+
+
+#: Seconds an idle attempt thread waits for work before it exits.
+IDLE_SECONDS = 30.0
+
+_WORKERS = _Workers()
 
 
 def _running_loop(label: str) -> asyncio.AbstractEventLoop:
