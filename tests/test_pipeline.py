@@ -503,3 +503,21 @@ def test_a_part_describing_itself_is_asked() -> None:
             return fn
 
     assert Pipeline(Custom()).describe() == ("custom thing",)
+
+
+def test_call_shares_one_wrapper_between_equal_bound_methods() -> None:
+    """``obj.method`` read twice composes once: equal bound methods hit the cache."""
+    built: list[object] = []
+
+    def tracing(fn: Callable[..., Any]) -> Callable[..., Any]:
+        built.append(fn)
+        return fn
+
+    class Client:
+        def get(self, key: str) -> str:
+            return key.upper()
+
+    client = Client()
+    pipeline = Pipeline(tracing)
+    assert [pipeline.call(client.get, "a"), pipeline.call(client.get, "b")] == ["A", "B"]
+    assert len(built) == 1

@@ -174,8 +174,10 @@ class Pipeline:
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the pipeline (sync callables only).
 
-        The composed wrapper is kept for the last few hundred functions, so
-        calling the same function again does not compose anything.
+        The composed wrapper is kept for the last :data:`CACHE_SIZE` functions
+        (the pipeline holds a reference to them, and to the object of a bound
+        method), so calling the same function again composes nothing. Equal
+        bound methods (``obj.method`` read twice) share one wrapper.
 
         Raises:
             TypeError: ``fn`` is ``async def`` (use :meth:`acall`).
