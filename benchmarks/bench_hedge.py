@@ -4,7 +4,8 @@ The simulated service answers in 5 ms, except 2 % of attempts that take 500 ms
 (which attempts are slow is drawn from a seeded generator, attempt by attempt,
 so a hedge of a slow attempt is usually fast). Clients make ``calls`` calls
 through asyncio, ``concurrency`` at a time, loopback only (the service is an
-``asyncio.sleep``), once unhedged and once through ``hedge(delay=0.02)``.
+``asyncio.sleep``), once unhedged and once through ``hedge(delay=0.02)``; then
+the same with threads (``time.sleep``, sync hedge).
 
 Reported: p50 / p99 / p99.9 latency of each run, the p99 ratio, and the extra
 attempts hedging started (as a share of the calls). Target: p99 at least 10x
@@ -20,6 +21,7 @@ import asyncio
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from pathlib import Path
 from _harness import write_section
 from recoverly import events, hedge
 
-__all__ = ["Run", "Service", "main", "run", "section"]
+__all__ = ["Run", "Service", "SyncService", "main", "run", "run_threads", "section"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -52,6 +54,30 @@ class Service:
         self.attempts += 1
         slow = self._rng.random() < self.slow_share
         await asyncio.sleep(self.slow if slow else self.fast)
+        return "ok"
+
+
+@dataclass
+class SyncService:
+    """The thread twin of :class:`Service` (``time.sleep`` instead of ``asyncio.sleep``)."""
+
+    fast: float = 0.005
+    slow: float = 0.5
+    slow_share: float = 0.02
+    seed: int = 1
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        """Create the seeded generator and the lock that guards it."""
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        """Answer after the fast or the slow latency."""
+        with self._lock:
+            self.attempts += 1
+            slow = self._rng.random() < self.slow_share
+        time.sleep(self.slow if slow else self.fast)
         return "ok"
 
 
@@ -88,6 +114,50 @@ async def _drive(call: Callable[[], Awaitable[str]], calls: int, concurrency: in
     return latencies
 
 
+def _drive_threads(call: Callable[[], str], calls: int, concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    left = iter(range(calls))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                if next(left, None) is None:
+                    return
+            started = time.perf_counter()
+            call()
+            took = time.perf_counter() - started
+            with lock:
+                latencies.append(took)
+
+    clients = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    return latencies
+
+
+def run_threads(
+    *,
+    calls: int = 5000,
+    concurrency: int = 50,
+    delay: float = 0.02,
+    fast: float = 0.005,
+    slow: float = 0.5,
+    slow_share: float = 0.02,
+) -> tuple[Run, Run]:
+    """The thread twin of :func:`run`: sync clients, sync service, sync hedge."""
+    plain = SyncService(fast, slow, slow_share)
+    bare = Run("unhedged (threads)", _drive_threads(plain, calls, concurrency), 0)
+    bare.attempts = plain.attempts
+    service = SyncService(fast, slow, slow_share)
+    call = hedge(delay=delay, max_hedged=1)(service)
+    hedged = Run(f"hedge(delay={delay:g}) (threads)", _drive_threads(call, calls, concurrency), 0)
+    hedged.attempts = service.attempts
+    return bare, hedged
+
+
 def run(
     *,
     calls: int = 5000,
@@ -108,25 +178,28 @@ def run(
     return bare, hedged
 
 
-def section(bare: Run, hedged: Run, *, calls: int, concurrency: int) -> str:
-    """The ``hedge`` section of RESULTS.md."""
-    ratio = bare.quantile(0.99) / hedged.quantile(0.99)
-    ok = ratio >= 10 and hedged.extra <= 0.05
+def section(*pairs: tuple[Run, Run], calls: int, concurrency: int) -> str:
+    """The ``hedge`` section of RESULTS.md: one target line and two table rows per pair."""
     lines = [
         "## Hedging (`benchmarks/bench_hedge.py`)",
         "",
-        f"{calls} calls, {concurrency} concurrent asyncio clients; attempts take 5 ms, 2 % take",
-        "500 ms (seeded); hedged at 20 ms with one extra attempt at most.",
+        f"{calls} calls, {concurrency} concurrent clients (asyncio tasks, then threads);",
+        "attempts take 5 ms, 2 % take 500 ms (seeded); hedged at 20 ms, one extra attempt at most.",
         "",
-        (
-            f"- {'PASS' if ok else 'MISS'}  p99 >= 10x lower with <= 5 % extra attempts: "
-            f"p99 {ratio:.1f}x lower, {hedged.extra * 100:.2f} % extra attempts"
-        ),
+    ]
+    for bare, hedged in pairs:
+        ratio = bare.quantile(0.99) / hedged.quantile(0.99)
+        ok = ratio >= 10 and hedged.extra <= 0.05
+        lines.append(
+            f"- {'PASS' if ok else 'MISS'}  {hedged.label}: p99 >= 10x lower with <= 5 % extra "
+            f"attempts: p99 {ratio:.1f}x lower, {hedged.extra * 100:.2f} % extra attempts"
+        )
+    lines += [
         "",
         "| run | p50 ms | p99 ms | p99.9 ms | mean ms | attempts per call |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in (bare, hedged):
+    for r in (run_ for pair in pairs for run_ in pair):
         per_call = r.attempts / len(r.latencies)
         lines.append(
             f"| {r.label} | {r.quantile(0.5) * 1e3:.1f} | {r.quantile(0.99) * 1e3:.1f} | "
@@ -144,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="update RESULTS.md")
     args = parser.parse_args(argv)
     events.unsubscribe(events.log_event)
-    bare, hedged = run(calls=args.calls, concurrency=args.concurrency)
-    text = section(bare, hedged, calls=args.calls, concurrency=args.concurrency)
+    tasks = run(calls=args.calls, concurrency=args.concurrency)
+    threads = run_threads(calls=args.calls, concurrency=args.concurrency)
+    text = section(tasks, threads, calls=args.calls, concurrency=args.concurrency)
     print(text)
     if args.write:
         write_section(RESULTS, "hedge", text)

@@ -205,6 +205,14 @@ def test_hedge_bench_counts_attempts_and_reports_quantiles():
     assert bare.attempts == 60
     assert 60 < hedged.attempts <= 120  # slow first attempts were hedged, once at most
     assert bare.quantile(0.99) >= 0.05  # some unhedged calls were slow
-    text = bench_hedge.section(bare, hedged, calls=60, concurrency=6)
+    tbare, thedged = bench_hedge.run_threads(
+        calls=60, concurrency=6, delay=0.004, fast=0.001, slow=0.05, slow_share=0.2
+    )
+    assert len(tbare.latencies) == len(thedged.latencies) == 60
+    assert tbare.attempts == 60
+    assert 60 < thedged.attempts <= 120
+    text = bench_hedge.section((bare, hedged), (tbare, thedged), calls=60, concurrency=6)
     assert "| unhedged |" in text
     assert "| hedge(delay=0.004) |" in text
+    assert "| hedge(delay=0.004) (threads) |" in text
+    assert text.count("extra attempts:") == 2
