@@ -239,3 +239,16 @@ def test_environment_variable_is_read_at_import(value: str | None, expected: str
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.anyio
+async def test_latency_and_fault_on_asyncio_and_trio(clock: ManualClock) -> None:
+    """Chaos parts work on both async backends: the delay is awaited on the clock."""
+
+    async def work() -> str:
+        return "real"
+
+    assert await chaos.latency(1.0, 0.5, clock=clock, enabled=True)(work)() == "real"
+    assert clock.sleeps == [0.5]
+    with pytest.raises(ConnectionError):
+        await chaos.fault(1.0, ConnectionError, enabled=True)(work)()

@@ -521,3 +521,19 @@ def test_call_shares_one_wrapper_between_equal_bound_methods() -> None:
     pipeline = Pipeline(tracing)
     assert [pipeline.call(client.get, "a"), pipeline.call(client.get, "b")] == ["A", "B"]
     assert len(built) == 1
+
+
+@pytest.mark.anyio
+async def test_recommended_order_on_asyncio_and_trio(clock: ManualClock) -> None:
+    """fallback > retry > breaker on both async backends: 3 attempts counted, error answered."""
+    seen: dict[str, Any] = {}
+    pipeline = Pipeline(_fallback(seen), _retry(seen, clock), _breaker(seen, clock))
+    flaky = _failing(10)
+
+    async def work() -> object:
+        return flaky()
+
+    assert await pipeline.acall(work) == "fallback"
+    assert flaky.calls == 3
+    assert _stats(seen).failed_calls == 3
+    assert clock.sleeps == [1.0, 2.0]

@@ -235,3 +235,19 @@ def test_throttle_and_budget_cut_the_load_on_a_dead_backend(clock: ManualClock) 
     assert plain == 3.0
     assert 1.0 <= budgeted <= 1.2
     assert both < 0.2  # most calls never leave the client
+
+
+@pytest.mark.anyio
+async def test_throttle_on_asyncio_and_trio(clock: ManualClock) -> None:
+    """The throttle refuses async calls the same way on both async backends."""
+    throttle = AdaptiveThrottle(k=1.0, clock=clock, random=lambda: 0.5)
+
+    async def refuse() -> None:
+        raise ConnectionRefusedError
+
+    guarded = throttle(refuse)
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            await guarded()
+    with pytest.raises(ThrottledError):
+        await guarded()
