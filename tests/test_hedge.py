@@ -389,8 +389,9 @@ async def lambda_async_one() -> int:
 
 
 @pytest.mark.realtime
-def test_sync_attempts_reuse_idle_worker_threads() -> None:
+def test_sync_attempts_reuse_idle_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sequential hedged calls reuse idle workers instead of starting a thread each."""
+    monkeypatch.setattr(hedge_module, "_WORKERS", hedge_module._Workers())  # a fresh pool
     names: list[int] = []
     guarded = hedge(delay=1)(lambda: names.append(threading.get_ident()))
     for _ in range(50):
