@@ -437,3 +437,46 @@ def test_idle_workers_exit_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) 
     again = threading.Event()
     workers.submit(again.set)
     assert again.wait(2)
+
+
+def test_async_hedges_are_spaced_by_the_delay(clock: ManualClock) -> None:
+    """With max_hedged=2, each extra attempt starts one delay after the previous one."""
+    counter = itertools.count()
+
+    async def lookup() -> int:
+        n = next(counter)
+        if n < 2:
+            await asyncio.Event().wait()
+        return n
+
+    policy = hedge(delay=0.1, max_hedged=2, clock=clock)
+    assert asyncio.run(policy(lookup)()) == 2
+    assert clock.sleeps == [0.1, 0.1]
+    s = policy.statistics()
+    assert (s.hedges, s.hedge_wins, s.cancelled) == (2, 1, 2)
+
+
+def test_async_no_more_hedges_than_max_hedged(clock: ManualClock) -> None:
+    """Once max_hedged extra attempts run, the call waits for one of them."""
+    counter = itertools.count()
+    gate = asyncio.Event
+
+    async def main() -> int:
+        opened = gate()
+
+        async def lookup() -> int:
+            n = next(counter)
+            if n == 0:
+                for _ in range(20):  # answers after the loop has run for a while
+                    await asyncio.sleep(0)
+                opened.set()
+                return n
+            await opened.wait()
+            await asyncio.Event().wait()
+            return n
+
+        return await hedge(delay=0.01, max_hedged=1, clock=clock)(lookup)()
+
+    assert asyncio.run(main()) == 0
+    assert next(counter) == 2  # attempts 0 and 1 only
+    assert clock.sleeps == [0.01]

@@ -99,6 +99,10 @@ class Pipeline:
             returns a wrapper of the same kind (every recoverly strategy does).
         name: A name for ``repr`` and :meth:`describe` (optional).
 
+    Attributes:
+        parts: The parts as given, outermost first.
+        name: The pipeline's name, or ``None``.
+
     Raises:
         TypeError: A part is not a decorator instance (a class, a factory that
             was not called such as ``retry`` instead of ``retry()``, or a value
