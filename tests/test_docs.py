@@ -575,6 +575,21 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     _no_alarm_left(env)
 
 
+@check("pipeline/chaos")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    orders = [{"id": i, "status": "paid"} for i in range(20)]
+    assert ns["calm"] == orders
+    assert ns["stormy"] == orders
+    retry_part, fault, latency = ns["orders"].parts
+    assert fault.statistics().injected > 0  # faults happened and were retried away
+    assert fault.statistics().calls == 20 + fault.statistics().injected
+    assert latency.statistics().injected > 0
+    waits = [s for s in env.clock.sleeps if s != 2.0]
+    assert len(waits) == fault.statistics().injected  # one retry wait per fault
+    assert env.clock.sleeps.count(2.0) == latency.statistics().injected
+    assert retry_part.statistics().retries == fault.statistics().injected
+
+
 # ---------------------------------------------------------------- events
 @check("events/subscribe")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
