@@ -590,6 +590,14 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert retry_part.statistics().retries == fault.statistics().injected
 
 
+@check("pipeline/throttle")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    sent, refused = len(ns["sent"]), ns["refused_locally"]
+    assert sent < 30  # against 600 for three plain attempts per call
+    assert refused >= 170
+    assert sent + refused >= 200  # every call either reached the backend or was refused
+
+
 # ---------------------------------------------------------------- events
 @check("events/subscribe")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
