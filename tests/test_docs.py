@@ -598,6 +598,14 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert sent + refused >= 200  # every call either reached the backend or was refused
 
 
+@check("pipeline/hedge")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    assert ns["answer"] == "user:42: found"
+    s = ns["stats"]
+    assert (s.calls, s.hedges, s.hedge_wins, s.cancelled, s.denied) == (1, 1, 1, 1, 0)
+    assert env.clock.sleeps == [0.02]  # the hedge waited its delay on the clock
+
+
 # ---------------------------------------------------------------- events
 @check("events/subscribe")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
