@@ -6,8 +6,10 @@ import asyncio
 import contextvars
 import importlib
 import itertools
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -480,3 +482,29 @@ def test_async_no_more_hedges_than_max_hedged(clock: ManualClock) -> None:
     assert asyncio.run(main()) == 0
     assert next(counter) == 2  # attempts 0 and 1 only
     assert clock.sleeps == [0.01]
+
+
+@pytest.mark.realtime
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_wait_on_its_parents_workers() -> None:
+    """After fork, the child starts its own workers instead of queueing for the parent's."""
+    guarded = hedge(delay=30)(lambda: "ok")  # no hedge could rescue a lost attempt
+    assert guarded() == "ok"  # leaves an idle worker in this process
+    deadline = time.monotonic() + 2
+    while not hedge_module._WORKERS.idle() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert hedge_module._WORKERS.idle() >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: answer through the exit code, never return into pytest
+        code = 1
+        try:
+            done = threading.Event()
+            threading.Thread(target=lambda: done.set() if guarded() == "ok" else None).start()
+            code = 0 if done.wait(3) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable
@@ -279,6 +280,10 @@ class _Workers:
     __slots__ = ("_idle", "_jobs", "_lock")
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start empty (also in a forked child, where the parent's threads do not exist)."""
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
@@ -320,6 +325,15 @@ class _Workers:
 IDLE_SECONDS = 30.0
 
 _WORKERS = _Workers()
+
+
+def _reset_workers_in_child() -> None:
+    """After ``fork``: the parent's worker threads do not exist in the child."""
+    _WORKERS._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_workers_in_child)
 
 
 def _running_loop(label: str) -> asyncio.AbstractEventLoop:
