@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+import threading
 
 import pytest
 
@@ -251,3 +252,21 @@ async def test_throttle_on_asyncio_and_trio(clock: ManualClock) -> None:
             await guarded()
     with pytest.raises(ThrottledError):
         await guarded()
+
+
+def test_counts_stay_exact_under_concurrent_callers(clock: ManualClock) -> None:
+    """Eight threads calling at once: every call is one request, every success one accept."""
+    throttle = AdaptiveThrottle(clock=clock, random=lambda: 0.999)
+    guarded = throttle(lambda: None)
+
+    def caller() -> None:
+        for _ in range(500):
+            guarded()
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = throttle.statistics()
+    assert (stats.requests, stats.accepts, stats.throttled) == (4000, 4000, 0)
