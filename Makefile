@@ -38,6 +38,7 @@ test-minimal: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_hedge.py --write
 
 # Needs the local PostgreSQL (see ../shared/services.sh); takes a few minutes.
 bench-db: $(STAMP)

@@ -26,9 +26,10 @@ import stamina.instrumentation
 
 import bench_bulkhead
 import bench_circuit_breaker
+import bench_pipeline
 import bench_rate_limit
 import bench_retry
-from _harness import Case, Result, base_cases, measure, overhead
+from _harness import Case, Result, base_cases, measure, overhead, write_section
 from recoverly import events
 
 HERE = Path(__file__).resolve().parent
@@ -336,6 +337,7 @@ def collect(notes: list[str]) -> list[Case]:
         notes.append(f"recoverly breaker cases skipped: {why}")
     cases += bench_circuit_breaker.cases()
     cases += bench_rate_limit.cases() + bench_bulkhead.cases()
+    cases += bench_pipeline.cases()
     notes.append("pybreaker has no async case: its async support needs Tornado")
     notes.extend(f"{c.label}: {c.note}" for c in cases if c.note)
     return cases
@@ -386,8 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in _target_lines(targets):
         print(line)
+    for line in bench_pipeline.target_lines(results):
+        print(line)
     if write:
         write_results(results, targets, notes, args)
+        write_section(
+            RESULTS, "pipeline", bench_pipeline.section(results, args.repeats, args.target_ms)
+        )
         print(f"\nwrote {RESULTS}")
     return 0
 

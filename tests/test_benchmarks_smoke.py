@@ -190,3 +190,66 @@ def test_runner_measures_prints_and_writes_results(tmp_path, monkeypatch, loop):
     assert "stamina" in written
     assert written.rstrip().endswith("hand notes")
     assert "STALE TABLE" not in written.split(bench_run.KEEP_MARKER)[0]
+
+
+bench_pipeline = importlib.import_module("bench_pipeline")
+
+
+def test_pipeline_cases_answer_and_report_their_targets(tmp_path, loop):
+    """Every pipeline case gives x + 1; a tiny run yields three targets and a section."""
+    cases = _harness.base_cases() + bench_pipeline.cases()
+    for case in cases:
+        assert _harness.probe_case(case, loop) == case.expected, case.key
+    results = _harness.measure(cases, repeats=1, target_ms=0.05, log=lambda _s: None)
+    found = bench_pipeline.targets(results)
+    assert [text for text, _m, _ok in found] == [
+        "sync pipeline overhead <= 1.1x the sum of its parts alone",
+        "async pipeline overhead <= 1.1x the sum of its parts alone",
+        "Pipeline(retry, breaker) overhead >= 15x less than tenacity + pybreaker",
+    ]
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# head\n")
+    _harness.write_section(results_md, "pipeline", bench_pipeline.section(results, 1, 0.05))
+    written = results_md.read_text()
+    assert "<!-- pipeline -->" in written
+    assert "| Pipeline(fallback, retry, breaker) |" in written
+    assert "| tenacity @retry over pybreaker |" in written
+
+
+def test_runner_writes_the_pipeline_section(tmp_path, monkeypatch):
+    """run.py's main writes the pipeline section after the main table."""
+    monkeypatch.setattr(bench_run, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(bench_run, "quiet_instrumentation", lambda: None)
+    (tmp_path / "RESULTS.md").write_text(f"old\n{bench_run.KEEP_MARKER}\nnotes\n")
+    assert (
+        bench_run.main(["--only", "pipe2", "--repeats", "1", "--target-ms", "0.05", "--write"]) == 0
+    )
+    written = (tmp_path / "RESULTS.md").read_text()
+    assert written.count("<!-- pipeline -->") == 1
+    assert "Pipeline(retry, breaker) overhead >= 15x less" in written
+
+
+bench_hedge = importlib.import_module("bench_hedge")
+
+
+@pytest.mark.realtime
+def test_hedge_bench_counts_attempts_and_reports_quantiles():
+    """A tiny hedging run counts one attempt per unhedged call and reports both runs."""
+    bare, hedged = bench_hedge.run(
+        calls=60, concurrency=6, delay=0.004, fast=0.001, slow=0.05, slow_share=0.2
+    )
+    assert len(bare.latencies) == len(hedged.latencies) == 60
+    assert bare.attempts == 60
+    assert 60 < hedged.attempts <= 120  # slow first attempts were hedged, once at most
+    assert bare.quantile(0.99) >= 0.05  # some unhedged calls were slow
+    tbare, thedged = bench_hedge.run_threads(
+        calls=60, concurrency=6, delay=0.004, fast=0.001, slow=0.05, slow_share=0.2
+    )
+    assert len(tbare.latencies) == len(thedged.latencies) == 60
+    assert tbare.attempts == 60
+    assert 60 < thedged.attempts <= 120
+    text = bench_hedge.section((bare, hedged), (tbare, thedged), calls=60, concurrency=6)
+    assert "| unhedged |" in text
+    assert "| hedge(delay=0.004) |" in text
+    assert "| hedge(delay=0.004) (threads) |" in text
+    assert text.count("extra attempts:") == 2

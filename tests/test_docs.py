@@ -550,6 +550,62 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     _no_alarm_left(env)
 
 
+@check("pipeline/inventory")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    stock_level, inventory = ns["stock_level"], ns["inventory"]
+    breaker = inventory.parts[2]
+    assert inventory.describe() == (
+        "fallback alternatives=1",
+        "retry max_attempts=3 strategy=EXPONENTIAL",
+        "circuit_breaker 'stock' failure_threshold=5",
+        "timeout seconds=2",
+    )
+    assert stock_level("A1") == {"data": "live"}
+    env.network.fail(1)
+    assert stock_level("A1") == {"data": "live"}  # retried once, inside the fallback
+    assert env.clock.sleeps == [0.2]
+    env.network.calls.clear()
+    env.network.default = requests.ConnectionError("inventory down")
+    cache = {"sku": "A1", "stock": None, "source": "cache"}
+    assert [stock_level("A1") for _ in range(3)] == [cache] * 3
+    assert len(env.network.calls) == 5  # as in guide/composition: 3 + 2, then rejections
+    assert breaker.state is CircuitState.OPEN
+    reasons = [type(e.exception).__name__ for e in env.of(ev.FallbackUsed)]
+    assert reasons == ["ConnectionError", "CircuitBreakerError", "CircuitBreakerError"]
+    _no_alarm_left(env)
+
+
+@check("pipeline/chaos")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    orders = [{"id": i, "status": "paid"} for i in range(20)]
+    assert ns["calm"] == orders
+    assert ns["stormy"] == orders
+    retry_part, fault, latency = ns["orders"].parts
+    assert fault.statistics().injected > 0  # faults happened and were retried away
+    assert fault.statistics().calls == 20 + fault.statistics().injected
+    assert latency.statistics().injected > 0
+    waits = [s for s in env.clock.sleeps if s != 2.0]
+    assert len(waits) == fault.statistics().injected  # one retry wait per fault
+    assert env.clock.sleeps.count(2.0) == latency.statistics().injected
+    assert retry_part.statistics().retries == fault.statistics().injected
+
+
+@check("pipeline/throttle")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    sent, refused = len(ns["sent"]), ns["refused_locally"]
+    assert sent < 30  # against 600 for three plain attempts per call
+    assert refused >= 170
+    assert sent + refused >= 200  # every call either reached the backend or was refused
+
+
+@check("pipeline/hedge")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    assert ns["answer"] == "user:42: found"
+    s = ns["stats"]
+    assert (s.calls, s.hedges, s.hedge_wins, s.cancelled, s.denied) == (1, 1, 1, 1, 0)
+    assert env.clock.sleeps == [0.02]  # the hedge waited its delay on the clock
+
+
 # ---------------------------------------------------------------- events
 @check("events/subscribe")
 def _(ns: dict[str, Any], env: DocEnv) -> None:

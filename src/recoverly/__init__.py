@@ -10,6 +10,7 @@ optional extras.
 
 import typing as _typing
 
+from recoverly import chaos as chaos
 from recoverly import events as events
 from recoverly import registry as registry
 from recoverly.backoff import RetryStrategy as RetryStrategy
@@ -28,10 +29,15 @@ from recoverly.errors import CircuitState as CircuitState
 from recoverly.errors import RateLimitExceeded as RateLimitExceeded
 from recoverly.errors import RecoverlyError as RecoverlyError
 from recoverly.errors import RejectedError as RejectedError
+from recoverly.errors import ThrottledError as ThrottledError
 from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
 from recoverly.fallback import fallback as fallback
+from recoverly.hedge import Hedge as Hedge
+from recoverly.hedge import HedgeStatistics as HedgeStatistics
+from recoverly.hedge import hedge as hedge
+from recoverly.pipeline import Pipeline as Pipeline
 from recoverly.rate_limit import RateLimiter as RateLimiter
 from recoverly.rate_limit import RateLimiterStatistics as RateLimiterStatistics
 from recoverly.registry import breakers as breakers
@@ -45,6 +51,8 @@ from recoverly.retrying import Retrying as Retrying
 from recoverly.retrying import retrying as retrying
 from recoverly.safe import asafe_execute as asafe_execute
 from recoverly.safe import safe_execute as safe_execute
+from recoverly.throttle import AdaptiveThrottle as AdaptiveThrottle
+from recoverly.throttle import AdaptiveThrottleStatistics as AdaptiveThrottleStatistics
 from recoverly.timeout import Timeout as Timeout
 from recoverly.timeout import TimeoutStatistics as TimeoutStatistics
 from recoverly.timeout import timeout as timeout
@@ -55,6 +63,8 @@ if _typing.TYPE_CHECKING:
     __version__: str
 
 __all__ = [
+    "AdaptiveThrottle",
+    "AdaptiveThrottleStatistics",
     "Attempt",
     "BatchProgress",
     "Bulkhead",
@@ -66,6 +76,9 @@ __all__ = [
     "CircuitState",
     "Fallback",
     "FallbackStatistics",
+    "Hedge",
+    "HedgeStatistics",
+    "Pipeline",
     "RateLimitExceeded",
     "RateLimiter",
     "RateLimiterStatistics",
@@ -77,6 +90,7 @@ __all__ = [
     "RetryStatistics",
     "RetryStrategy",
     "Retrying",
+    "ThrottledError",
     "Timeout",
     "TimeoutExceeded",
     "TimeoutStatistics",
@@ -87,8 +101,10 @@ __all__ = [
     "batch_with_retry",
     "breakers",
     "bulkheads",
+    "chaos",
     "events",
     "fallback",
+    "hedge",
     "limiters",
     "registry",
     "retry",

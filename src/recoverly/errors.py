@@ -8,6 +8,7 @@ The tree::
             ├── CircuitBreakerError    the breaker is OPEN, or HALF_OPEN with no probe free
             ├── BulkheadFullError      every slot and every queue place is taken
             ├── RateLimitExceeded      no token is free within the allowed wait
+            ├── ThrottledError         the adaptive throttle refused the call locally
             └── TimeoutExceeded        also a builtin ``TimeoutError``
 
 Every rejection carries ``name`` (the strategy instance), ``state`` and
@@ -28,6 +29,7 @@ __all__ = [
     "RateLimitExceeded",
     "RecoverlyError",
     "RejectedError",
+    "ThrottledError",
     "TimeoutExceeded",
 ]
 
@@ -173,6 +175,31 @@ class RateLimitExceeded(RejectedError):
         return f"Rate limit exceeded for {self.name!r}{when}"
 
 
+class ThrottledError(RejectedError):
+    """The adaptive throttle refused the call locally, without sending it.
+
+    ``state`` reads ``"throttled"``; ``retry_after`` is ``None`` (the chance of
+    rejection falls as the backend accepts requests again).
+
+    Attributes:
+        probability: The rejection probability when the call was refused.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(
+        self, message: str | None = None, *, name: str | None = None, probability: float
+    ) -> None:
+        super().__init__(message, name=name, state="throttled", retry_after=None)
+        self.probability = probability
+
+    def _describe(self) -> str:
+        return (
+            f"Adaptive throttle {self.name!r} rejected the call locally "
+            f"(rejection probability {self.probability:.0%})"
+        )
+
+
 class TimeoutExceeded(RejectedError, TimeoutError):
     """The call ran longer than its timeout.
 
@@ -197,6 +224,7 @@ for _cls in (
     BulkheadFullError,
     RateLimitExceeded,
     TimeoutExceeded,
+    ThrottledError,
 ):
     _cls.__module__ = "recoverly"
 del _cls

@@ -34,6 +34,7 @@ __all__ = [
     "CallFailed",
     "CallRejected",
     "CallSucceeded",
+    "ChaosInjected",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
@@ -42,6 +43,7 @@ __all__ = [
     "ConnectionInvalidated",
     "Event",
     "FallbackUsed",
+    "HedgeStarted",
     "RateLimitDelayed",
     "RetryGaveUp",
     "RetryScheduled",
@@ -384,3 +386,26 @@ _LOGGED = (
 # CallRejected is left out on purpose: an outage rejects many calls, and the
 # rejection path must stay cheap. Subscribe to it explicitly to see them.
 BUS.subscribe(log_event, _LOGGED)
+
+
+# ---------------------------------------------------------------- hedge and chaos
+# Not logged by default (like CallRejected): subscribe to them explicitly.
+@dataclass(frozen=True, slots=True)
+class HedgeStarted(Event):
+    """A hedged call had not answered after ``delay`` s; extra attempt ``attempt`` started.
+
+    .. versionadded:: 0.2
+    """
+
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosInjected(Event):
+    """A chaos part injected into a call; ``kind`` is ``"fault"``, ``"latency"`` or ``"outcome"``.
+
+    .. versionadded:: 0.2
+    """
+
+    kind: str

@@ -12,8 +12,10 @@ from typing import Any
 from typing_extensions import assert_type
 
 from recoverly import (
+    AdaptiveThrottle,
     Bulkhead,
     BulkheadStatistics,
+    Pipeline,
     RateLimiter,
     RateLimiterStatistics,
     Retry,
@@ -21,7 +23,9 @@ from recoverly import (
     RetryStrategy,
     Timeout,
     batch_with_retry,
+    chaos,
     fallback,
+    hedge,
     retry,
     retrying,
     safe_execute,
@@ -166,3 +170,72 @@ async def aconcurrency_blocks() -> None:
     async with limiter as lim:
         assert_type(lim, RateLimiter)
     assert_type(await limiter.aacquire(key=3), float)
+
+
+# ---------------------------------------------------------------- Pipeline
+_pipeline = Pipeline(fallback(b""), retry(max_attempts=3), timeout(2.0), name="fetch")
+
+
+@_pipeline
+def piped(url: str, *, retries: int = 1) -> bytes:
+    """A pipeline keeps the signature."""
+    return url.encode() * retries
+
+
+assert_type(piped("x"), bytes)
+assert_type(piped("x", retries=2), bytes)
+piped(1)  # type: ignore[arg-type]
+piped("x", tries=2)  # type: ignore[call-arg]
+
+
+@_pipeline
+async def apiped(n: int) -> str:
+    """Async stays async under a pipeline."""
+    return str(n)
+
+
+pending_piped = assert_type(apiped(1), Coroutine[Any, Any, str])
+pending_piped.close()
+assert_type(_pipeline.call(piped, "x", retries=3), bytes)
+_pipeline.call(piped, 1)  # type: ignore[arg-type]
+assert_type(_pipeline.describe(), tuple[str, ...])
+
+
+async def use_pipeline() -> None:
+    """``acall`` gives the awaited return type and checks the arguments."""
+    assert_type(await _pipeline.acall(apiped, 1), str)
+    await _pipeline.acall(apiped, "1")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- hedge, throttle, chaos
+@hedge(delay=0.02)
+async def hedged_lookup(key: str) -> bytes:
+    """A hedged coroutine function keeps its signature."""
+    return key.encode()
+
+
+pending_hedged = assert_type(hedged_lookup("k"), Coroutine[Any, Any, bytes])
+pending_hedged.close()
+hedged_lookup(1).close()  # type: ignore[arg-type]
+
+
+@AdaptiveThrottle(k=2.0)
+def throttled(n: int) -> int:
+    """A throttled function keeps its signature."""
+    return n
+
+
+assert_type(throttled(1), int)
+throttled("1")  # type: ignore[arg-type]
+
+
+@chaos.fault(0.1, ConnectionError)
+@chaos.latency(0.1, 1.0)
+@chaos.outcome(0.1, 0)
+def chaotic(n: int) -> int:
+    """Chaos parts keep the signature."""
+    return n
+
+
+assert_type(chaotic(1), int)
+assert_type(Pipeline(chaos.fault(0.5, ValueError), hedge(), AdaptiveThrottle())(chaotic)(2), int)

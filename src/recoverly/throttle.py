@@ -1,0 +1,253 @@
+"""AdaptiveThrottle: stop sending work to a backend that keeps refusing it.
+
+Client-side adaptive throttling, as described in Google's *Site Reliability
+Engineering* book (chapter "Handling Overload"). The client remembers, over a
+sliding window, how many requests it tried (``requests``, including the ones
+it refused itself) and how many the backend accepted (``accepts``), and refuses
+a new request locally with probability::
+
+    max(0, (requests - k * accepts) / (requests + 1))
+
+While the backend accepts everything the probability is 0. When it starts
+refusing, the client sends fewer and fewer requests, so the backend spends its
+capacity on work instead of on refusals; as soon as it accepts again the
+probability falls back. ``k`` sets how many requests per accepted one are still
+sent: 2 (the default) lets through twice the backend's current acceptance rate.
+
+In a :class:`~recoverly.Pipeline` the throttle sits **outside** the retry, so
+one call counts as one request however many attempts it takes, and a refused
+call is not retried::
+
+    Pipeline(AdaptiveThrottle(), retry(max_attempts=3, budget=budget), timeout(2.0))
+
+Together with a :class:`~recoverly.RetryBudget` it keeps a fleet of clients from
+multiplying an outage's load.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import random as _random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
+
+from recoverly._core.bus import BUS
+from recoverly._core.callables import decoratable_kind, guess_name, wrap
+from recoverly._core.clock import Clock, resolve
+from recoverly._core.predicates import Predicate, compile_filter
+from recoverly._core.validate import Duration, Problems
+from recoverly._core.windows import TimeWindow
+from recoverly.errors import ThrottledError
+from recoverly.events import CallRejected
+
+__all__ = ["AdaptiveThrottle", "AdaptiveThrottleStatistics"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+KIND = "adaptive_throttle"
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveThrottleStatistics:
+    """A snapshot of an :class:`AdaptiveThrottle`.
+
+    Attributes:
+        requests: Requests in the window, including the ones refused locally.
+        accepts: Requests the backend accepted in the window.
+        throttled: Calls refused locally since the throttle was created.
+        probability: The rejection probability a call would face now.
+
+    .. versionadded:: 0.2
+    """
+
+    requests: int
+    accepts: int
+    throttled: int
+    probability: float
+
+
+class AdaptiveThrottle:
+    """Refuses calls locally with a probability that grows while the backend refuses them.
+
+    Use it as a decorator (plain and ``async def`` functions) or as a
+    :class:`~recoverly.Pipeline` part, outside the retry. A refused call raises
+    :class:`~recoverly.ThrottledError` without running.
+
+    Args:
+        k: Requests sent per accepted one before throttling starts (``>= 1``);
+            lower is more aggressive.
+        window: Seconds of history remembered (``> 0``); 120 in the SRE book.
+        exceptions: What counts as the backend refusing (an exception class, a
+            tuple, or a predicate). Other exceptions count as accepted: the
+            backend answered, the answer was an error of the caller's own.
+        buckets: Slots of the sliding window (its resolution).
+        name: Name used in errors, events and ``repr``.
+        clock: Time source (default: the process clock).
+        random: Source of floats in [0, 1) (default ``random.random``); pass a
+            seeded generator's ``random`` for a reproducible run.
+
+    Raises:
+        ValueError: A setting is out of range (every problem is listed).
+        TypeError: A setting has the wrong type.
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = (
+        "_accepts",
+        "_clock",
+        "_lock",
+        "_random",
+        "_refused",
+        "_requests",
+        "_throttled",
+        "exceptions",
+        "k",
+        "name",
+        "window",
+    )
+
+    def __init__(
+        self,
+        k: float = 2.0,
+        window: Duration = 120.0,
+        *,
+        exceptions: Any = (Exception,),
+        buckets: int = 20,
+        name: str | None = None,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        p = Problems()
+        self.k = p.number_at_least("k", k, 1)
+        self.window = p.duration("window", window, positive=True)
+        buckets = p.int_at_least("buckets", buckets, 1)
+        self.name = p.optional_name("name", name)
+        rand = p.optional_callable("random", random)
+        try:
+            self._refused: Predicate = compile_filter("exceptions", exceptions)
+        except TypeError as exc:
+            p._bad(str(exc), kind=True)
+        p.raise_if_any()
+        self.exceptions = exceptions
+        self._clock = clock
+        self._random: Callable[[], float] = rand or _random.random
+        self._lock = threading.Lock()
+        self._requests = TimeWindow(self.window, buckets)
+        self._accepts = TimeWindow(self.window, buckets)
+        self._throttled = 0
+
+    # ------------------------------------------------------------ the rule
+    def _probability(self, now: float) -> float:
+        requests = self._requests.totals(now)[0]
+        accepts = self._accepts.totals(now)[0]
+        return max(0.0, (requests - self.k * accepts) / (requests + 1))
+
+    def _admit(self, label: str) -> None:
+        """Count one request; raise :class:`ThrottledError` if it is refused locally."""
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            chance = self._probability(now)
+            self._requests.record(False, False, now)  # noqa: FBT003 - window API
+            if chance <= 0.0 or self._random() >= chance:
+                return
+            self._throttled += 1
+        if BUS.wants(CallRejected):
+            BUS.emit(CallRejected(label, KIND, "throttled", None))
+        raise ThrottledError(name=label, probability=chance)
+
+    def _accepted(self) -> None:
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            self._accepts.record(False, False, now)  # noqa: FBT003 - window API
+
+    def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        self._admit(label)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._refused(exc):
+                self._accepted()
+            raise
+        self._accepted()
+        return result
+
+    async def _call_async(
+        self, label: str, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+    ) -> T:
+        self._admit(label)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._refused(exc):
+                self._accepted()
+            raise
+        self._accepted()
+        return result
+
+    # ------------------------------------------------------------ public API
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """Decorate ``fn``; the wrapper has the same kind and signature."""
+        kind = decoratable_kind("AdaptiveThrottle", fn)
+        label = self.name or guess_name(fn)
+        return cast("Callable[P, T]", wrap(fn, kind, label, self._call_sync, self._call_async))
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` through the throttle (sync callables only).
+
+        Raises:
+            ThrottledError: The call was refused locally.
+        """
+        return self._call_sync(self.name or guess_name(fn), fn, args, kwargs)
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Await ``fn(*args, **kwargs)`` through the throttle.
+
+        Raises:
+            ThrottledError: The call was refused locally.
+        """
+        return await self._call_async(self.name or guess_name(fn), fn, args, kwargs)
+
+    def probability(self) -> float:
+        """Return the probability that a call made now is refused locally."""
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            return self._probability(now)
+
+    def statistics(self) -> AdaptiveThrottleStatistics:
+        """Return a snapshot of the window and the counters."""
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            return AdaptiveThrottleStatistics(
+                requests=self._requests.totals(now)[0],
+                accepts=self._accepts.totals(now)[0],
+                throttled=self._throttled,
+                probability=self._probability(now),
+            )
+
+    def reset(self) -> None:
+        """Forget the window (the ``throttled`` counter is kept)."""
+        with self._lock:
+            self._requests.reset()
+            self._accepts.reset()
+
+    def describe_part(self) -> str:
+        """Return this throttle's one-line description (used by :class:`~recoverly.Pipeline`)."""
+        name = f" {self.name!r}" if self.name else ""
+        return f"adaptive_throttle{name} k={self.k:g} window={self.window:g}"
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<AdaptiveThrottle{' ' + repr(self.name) if self.name else ''} k={self.k:g} "
+            f"window={self.window:g} requests={s.requests} accepts={s.accepts} "
+            f"throttled={s.throttled} probability={s.probability:.3f}>"
+        )
+
+
+AdaptiveThrottle.__module__ = "recoverly"
+AdaptiveThrottleStatistics.__module__ = "recoverly"
