@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from recoverly._core.clock import MAX_SLEEP
@@ -60,6 +60,8 @@ def test_decorrelated_jitter_grows_from_previous():
     jitter=st.floats(min_value=0, max_value=1),
     seed=st.integers(min_value=0, max_value=2**32),
 )
+# a subnormal delay whose backoff ** (n - 1) alone overflows a float
+@example(RetryStrategy.EXPONENTIAL, 170, 5e-324, 67.0, None, 0.0, 0)
 def test_every_delay_is_finite_non_negative_and_capped(
     strategy, n, delay, backoff, max_delay, jitter, seed
 ):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from collections.abc import Callable
 
 from recoverly._core.clock import MAX_SLEEP
@@ -62,6 +63,9 @@ def _fib(n: int) -> float:
     return _FIBS[min(n, len(_FIBS)) - 1]
 
 
+_LOG_FLOAT_MAX = math.log(sys.float_info.max) - 1.0
+
+
 def base_delay(
     strategy: RetryStrategy,
     n: int,
@@ -84,10 +88,7 @@ def base_delay(
         Seconds, finite and within ``[0, MAX_SLEEP]``.
     """
     if strategy is RetryStrategy.EXPONENTIAL:
-        if delay == 0:
-            return 0.0
-        exponent = (n - 1) * math.log(backoff) + math.log(delay)
-        return MAX_SLEEP if exponent >= math.log(MAX_SLEEP) else delay * backoff ** (n - 1)
+        return _exponential(n, delay, backoff)
     if strategy is RetryStrategy.FIXED:
         return delay
     if strategy is RetryStrategy.LINEAR:
@@ -97,6 +98,18 @@ def base_delay(
     # DECORRELATED_JITTER
     high = min(max(previous, delay) * 3.0, MAX_SLEEP)
     return delay + (high - delay) * rand()
+
+
+def _exponential(n: int, delay: float, backoff: float) -> float:
+    if delay == 0:
+        return 0.0
+    growth = (n - 1) * math.log(backoff)
+    exponent = growth + math.log(delay)
+    if exponent >= math.log(MAX_SLEEP):
+        return MAX_SLEEP
+    # A tiny delay can keep the product small while backoff ** (n - 1) alone
+    # overflows a float: then compute it through logarithms.
+    return delay * backoff ** (n - 1) if growth < _LOG_FLOAT_MAX else math.exp(exponent)
 
 
 def apply_jitter(seconds: float, jitter: float, rand: Callable[[], float]) -> float:
