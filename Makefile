@@ -39,6 +39,7 @@ test-minimal: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/bench_hedge.py --write
+	$(BIN)/python benchmarks/bench_overload.py --write
 
 # Needs the local PostgreSQL (see ../shared/services.sh); takes a few minutes.
 bench-db: $(STAMP)

@@ -253,3 +253,111 @@ def test_hedge_bench_counts_attempts_and_reports_quantiles():
     assert "| hedge(delay=0.004) |" in text
     assert "| hedge(delay=0.004) (threads) |" in text
     assert text.count("extra attempts:") == 2
+
+
+bench_overload = importlib.import_module("bench_overload")
+
+
+@pytest.fixture(scope="module")
+def overload_runs():
+    """The four strategies on the quick overload scenario (simulated time, about a second)."""
+    logging.disable(logging.CRITICAL)  # thousands of retries would be logged
+    try:
+        return bench_overload.run_all(bench_overload.QUICK)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_overload_backend_refuses_when_full_and_wastes_work_on_late_callers():
+    """A full queue refuses at once; a caller that timed out still costs the backend a serve."""
+    scenario = bench_overload.Scenario(capacity=100.0, queue=2, timeout=0.05, tick=0.01)
+    clock = bench_overload.SimClock()
+    series = bench_overload.Series(100)
+    backend = bench_overload.Backend(scenario, clock, series)
+    outcomes: list[str] = []
+
+    async def send() -> None:
+        try:
+            outcomes.append(await backend.attempt())
+        except bench_overload.OverloadedError:
+            outcomes.append("refused")
+        except bench_overload.AttemptTimeoutError:
+            outcomes.append("timed out")
+
+    async def scenario_run() -> None:
+        tasks = [asyncio.ensure_future(send()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert outcomes == ["refused"]  # the third found both places taken
+        clock.now = 0.01
+        backend.serve()  # one credit: the first is served
+        await asyncio.sleep(0)
+        assert outcomes == ["refused", "ok"]
+        clock.now = 0.05
+        backend._credit = -10.0  # no capacity left this tick: the second times out
+        backend.serve()
+        await asyncio.gather(*tasks)
+        backend._credit = 0.0
+        clock.now = 0.06
+        backend.serve()  # its turn comes after its caller left
+
+    asyncio.run(scenario_run())
+    assert outcomes == ["refused", "ok", "timed out"]
+    assert sum(series.attempts) == 3
+    assert sum(series.wasted) == 1
+
+
+def test_overload_strategies_share_the_calm_phase_and_differ_in_the_outage(overload_runs):
+    """Calm traffic is the same for all; in the outage tenacity triples it, the budget does not."""
+    runs = overload_runs
+    s = bench_overload.QUICK
+    calm = round(s.outage_start / s.tick)
+    alone = sum(runs["alone"].series.good[:calm])
+    for run in runs.values():
+        # the wrappers may order requests within a tick differently, not the totals
+        assert abs(sum(run.series.good[:calm]) - alone) <= 0.02 * alone
+        sent = sum(run.series.attempts[:calm]) + sum(run.series.throttled[:calm])
+        assert sent == sum(run.series.requests[:calm])  # no retries while the backend copes
+        assert run.goodput_before > 0.5 * s.capacity
+    assert runs["alone"].amplification == 1.0
+    assert 2.5 <= runs["tenacity"].amplification <= 3.0  # three attempts at most
+    assert runs["budget"].amplification < 0.5 * runs["tenacity"].amplification
+    assert sum(runs["throttle"].series.throttled) > 0
+    assert sum(runs["alone"].series.throttled) == 0
+    assert runs["throttle"].load_outage < runs["alone"].load_outage
+
+
+def test_overload_simulation_is_reproducible(overload_runs):
+    """Running a strategy again on the same scenario gives the same counts, tick by tick."""
+    again = bench_overload.run("budget", bench_overload.QUICK)
+    assert again.series.attempts == overload_runs["budget"].series.attempts
+    assert again.series.good == overload_runs["budget"].series.good
+
+
+def test_overload_recovery_is_measured_after_the_outage(overload_runs):
+    """Every strategy regains 90 % of its calm goodput after capacity returns, within the run."""
+    for run in overload_runs.values():
+        assert run.goodput_outage < 0.1 * run.goodput_before
+        took = run.recovery_time
+        assert took is not None, run.key
+        assert 0.0 < took <= bench_overload.QUICK.after
+
+
+def test_overload_section_and_plot_are_written(overload_runs, tmp_path):
+    """The section lists targets and every strategy; the plot is a PNG file."""
+    text = bench_overload.section(overload_runs)
+    assert text.count("PASS") + text.count("MISS") == 3
+    for run in overload_runs.values():
+        assert f"| {run.label} |" in text
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# head\n")
+    _harness.write_section(results, "overload", text)
+    assert "<!-- overload -->\n## Overload" in results.read_text()
+    pytest.importorskip("matplotlib")
+    image = bench_overload.plot(overload_runs, tmp_path / "overload.png")
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overload_rejects_an_unknown_strategy():
+    """Asking for a strategy that does not exist names the known ones."""
+    with pytest.raises(ValueError, match="alone, tenacity, budget, throttle"):
+        bench_overload.run("nope", bench_overload.QUICK)
