@@ -1,0 +1,206 @@
+"""/dashboard in real headless Chromium: progress advances and a breaker changes state.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it)
+and the ``playwright`` Python package; Playwright's own browser download is not
+used. The screenshot goes to ``tmp_path`` (and to ``$RECOVERLY_ARTIFACTS_DIR`` when
+set); ``RECOVERLY_UPDATE_DOCS_SCREENSHOT=1`` also writes ``docs/images/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("playwright.sync_api")
+
+import uvicorn
+from fastapi import FastAPI
+from playwright.sync_api import expect, sync_playwright
+
+import recoverly
+from recoverly import CircuitBreaker, CircuitBreakerError
+from recoverly.service.dashboard import DashboardCheckpoint, DashboardRun, dashboard_router
+
+CHROMIUM = os.environ.get("RECOVERLY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "dashboard.png"
+
+pytestmark = [
+    pytest.mark.realtime,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() or shutil.which("chromium")),
+        reason="needs Debian's chromium: apt-get install chromium; .ci/run installs it",
+    ),
+]
+
+
+class LiveServer:
+    """Uvicorn serving ``app`` on a free loopback port, in a thread."""
+
+    def __init__(self, app):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", ws="none", http="h11", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+class Runs:
+    """A runs provider whose progress the test moves forward."""
+
+    def __init__(self):
+        self.step = 50
+        self.checkpoints = [DashboardCheckpoint(25, {"loss": 0.82})]
+
+    def __call__(self):
+        return [
+            DashboardRun(
+                3,
+                "churn-classifier",
+                "running",
+                step=self.step,
+                total_steps=200,
+                epoch=1 + self.step // 50,
+                metrics={"loss": round(1.2 - self.step / 250, 3), "accuracy": 0.71},
+                checkpoints=list(self.checkpoints),
+                resumes=1,
+            ),
+            DashboardRun(
+                2,
+                "fraud-detector",
+                "completed",
+                step=400,
+                total_steps=400,
+                epoch=8,
+                metrics={"loss": 0.214, "accuracy": 0.948},
+                checkpoints=[DashboardCheckpoint(s, {"loss": 0.3}) for s in (100, 200, 300, 400)],
+            ),
+            DashboardRun(4, "recsys-embeddings", "queued", total_steps=1000),
+        ]
+
+
+def background_activity():
+    """Some retries and a fallback, so the totals and the retry table have content."""
+    left = [2]
+
+    @recoverly.retry(3, 0.0, name="load_batch")
+    def load_batch():
+        if left[0]:
+            left[0] -= 1
+            raise ConnectionError("flaky data loader")
+        return "batch"
+
+    @recoverly.retry(2, 0.0, name="save_progress")
+    def save_progress():
+        raise TimeoutError("database busy")
+
+    load_batch()
+    with pytest.raises(TimeoutError):
+        save_progress()
+    recoverly.fallback("local-model", name="predict")(lambda: 1 / 0)()
+
+
+def test_dashboard_shows_progress_advancing_and_a_breaker_opening(tmp_path, clock):
+    """In Chromium the run's bar goes 25 % -> 75 % and 'predictor' turns from closed to open."""
+    runs = Runs()
+    predictor = CircuitBreaker(3, 30, name="predictor", clock=clock)
+    database = CircuitBreaker(5, 10, name="database", clock=clock)
+    app = FastAPI()
+    app.include_router(dashboard_router(runs, poll_interval=0.2))
+    background_activity()
+    problems: list[str] = []
+
+    with LiveServer(app) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on(
+                "console",
+                lambda msg: (
+                    problems.append(f"console: {msg.text}") if msg.type == "error" else None
+                ),
+            )
+            page.goto(f"{server.url}/dashboard")
+
+            bar = page.locator('[data-run="3"] [role="progressbar"]')
+            expect(bar).to_have_attribute("aria-valuenow", "25", timeout=10_000)
+            expect(bar).to_contain_text("25.0%")
+            expect(page.locator("#status")).to_have_text("live")
+            runs.step = 150
+            runs.checkpoints.append(DashboardCheckpoint(125, {"loss": 0.7}))
+            expect(bar).to_have_attribute("aria-valuenow", "75", timeout=10_000)
+            expect(bar).to_contain_text("75.0%")
+            expect(page.locator('[data-run="3"] .chip.latest')).to_have_text("step 125")
+
+            card = page.locator('[data-breaker="predictor"]')
+            expect(card).to_have_attribute("data-state", "closed", timeout=10_000)
+            for _ in range(3):
+                with pytest.raises(ConnectionError):
+                    predictor.call(_predictor_down)
+            with pytest.raises(CircuitBreakerError):
+                predictor.call(_predictor_down)
+            expect(card).to_have_attribute("data-state", "open", timeout=10_000)
+            expect(card.locator(".badge")).to_have_text("open")
+            expect(page.locator('[data-transition="predictor"]').first).to_contain_text("closed")
+            expect(page.locator('[data-retry="load_batch"]')).to_contain_text("2")
+            expect(page.locator('[data-total="rejections"] .value')).to_have_text("1")
+
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    assert problems == []
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 20_000  # a rendered page, not a blank one
+    assert database.state is recoverly.CircuitState.CLOSED
+    artifacts = os.environ.get("RECOVERLY_ARTIFACTS_DIR")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(artifacts) / "dashboard.png")
+    if os.environ.get("RECOVERLY_UPDATE_DOCS_SCREENSHOT") == "1":
+        DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMAGE)
+
+
+def _predictor_down():
+    raise ConnectionError("external predictor unreachable")
