@@ -240,3 +240,29 @@ def test_bad_caps_are_reported():
     with pytest.raises(ValueError, match="max_names") as info:
         ro.install(max_names=0, max_errors=0)
     assert "max_errors" in str(info.value)
+
+
+def test_calls_false_subscribes_to_everything_but_per_call_events():
+    """calls=False: CallSucceeded is not wanted by anyone, a breaker opening is still recorded."""
+    from recoverly._core.bus import BUS
+    from recoverly.testing import ManualClock
+
+    t = Telemetry(calls=False)
+    try:
+        assert not BUS.wants(events.CallSucceeded)
+        breaker = CircuitBreaker(1, 30, name="svc", clock=ManualClock())
+        breaker.call(lambda: 1)
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+        assert t.points("recoverly.calls") == {}
+        assert (
+            t.point(
+                "recoverly.circuit_breaker_transitions",
+                name="svc",
+                from_state="closed",
+                to_state="open",
+            )
+            == 1
+        )
+    finally:
+        t.close()

@@ -472,3 +472,35 @@ def test_known_state_values_match_the_circuit_states():
         del keep
     finally:
         handle.uninstall()
+
+
+def test_calls_false_keeps_the_breaker_success_path_silent(clock):
+    """calls=False: no per-call series, nobody listens for CallSucceeded; other events count."""
+    reg = CollectorRegistry()
+    handle = rp.install(reg, calls=False)
+    try:
+        assert not BUS.wants(events.CallSucceeded)
+        assert not BUS.wants(events.CallFailed)
+        assert BUS.wants(events.CircuitOpened)
+        assert BUS.wants(WarmupFinished)  # classes defined elsewhere still arrive
+        breaker = CircuitBreaker(1, 30, name="quiet", clock=clock)
+        breaker.call(lambda: 1)
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+        text = generate_latest(reg).decode()
+        assert "recoverly_calls_total{" not in text
+        transitions = "recoverly_circuit_breaker_transitions_total"
+        assert value(reg, transitions, name="quiet", from_state="closed", to_state="open") == 1
+    finally:
+        handle.uninstall()
+
+
+def test_installing_again_with_other_settings_is_refused():
+    """A second install into the same registry must use the same settings."""
+    reg = CollectorRegistry()
+    handle = rp.install(reg)
+    try:
+        with pytest.raises(ValueError, match="already installed"):
+            rp.install(reg, calls=False)
+    finally:
+        handle.uninstall()

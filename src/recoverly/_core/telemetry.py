@@ -180,10 +180,10 @@ class LabelLimiter:
 
     def __call__(self, label: str, value: str) -> str:
         """Return ``value`` if ``label`` may take it, else ``"_other"``."""
-        value = value[:MAX_VALUE_LENGTH]
         seen = self._seen.get(label)
-        if seen is not None and value in seen:
+        if seen is not None and value in seen:  # the hot path: a value seen before
             return value
+        value = value[:MAX_VALUE_LENGTH]
         with self._lock:
             seen = self._seen.setdefault(label, set())
             if value in seen:
@@ -369,13 +369,18 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+_HANDLER_OF: dict[type, Handler | None] = {}
+
+
 def handler_for(kind: type) -> Handler | None:
     """Return the handler of ``kind``'s nearest listed class in its MRO, if any."""
-    for cls in kind.__mro__:
-        found = HANDLERS.get(cls.__name__)
-        if found is not None:
-            return found
-    return None
+    try:
+        return _HANDLER_OF[kind]
+    except KeyError:
+        pass
+    found = next((HANDLERS[c.__name__] for c in kind.__mro__ if c.__name__ in HANDLERS), None)
+    _HANDLER_OF[kind] = found  # one entry per event class: bounded by the program
+    return found
 
 
 def measure(event: object, limiter: LabelLimiter) -> list[Sample]:
@@ -414,6 +419,32 @@ class BreakerStates:
             return dict(self.states)
 
 
+_STATE_CHANGE: dict[type, bool] = {}
+
+
+def all_but(base: type, excluded: tuple[type, ...]) -> type:
+    """Return a subclass of ``base`` that ``issubclass`` treats as "``base`` but not ``excluded``".
+
+    Subscribing to it receives every event class derived from ``base``,
+    including classes defined later, except ``excluded`` ones; the strategies
+    then see nobody listening for those and skip building them.
+    """
+
+    class _Selector(type(base)):  # type: ignore[misc]
+        def __subclasscheck__(cls, sub: type) -> bool:
+            return issubclass(sub, base) and not issubclass(sub, excluded)
+
+        def __instancecheck__(cls, obj: object) -> bool:
+            return cls.__subclasscheck__(type(obj))
+
+    name = f"{base.__name__}ExceptPerCall"
+    return _Selector(name, (base,), {"__slots__": (), "__module__": __name__})
+
+
 def is_state_change(kind: type) -> bool:
     """Return whether ``kind`` is (a subclass of) ``CircuitStateChanged``."""
-    return any(cls.__name__ == "CircuitStateChanged" for cls in kind.__mro__)
+    known = _STATE_CHANGE.get(kind)
+    if known is None:
+        known = any(cls.__name__ == "CircuitStateChanged" for cls in kind.__mro__)
+        _STATE_CHANGE[kind] = known  # one entry per event class: bounded by the program
+    return known

@@ -61,6 +61,7 @@ __all__ = ["OtelExporter", "install"]
 _log = logging.getLogger("recoverly.otel")
 _FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20}
 _STATES = tuple(s.value for s in CircuitState)
+_NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.CallFailed))
 _MAX_MESSAGE = 500
 
 #: Known event classes -> span event name. Others get ``recoverly.<snake_case>``.
@@ -156,6 +157,7 @@ class _Exporter:
             description=telemetry.STATE_HELP,
         )
         self._kinds: dict[type, tuple[str, bool, bool]] = {}
+        self._attributes: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         self._kinds_lock = threading.Lock()
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -186,8 +188,14 @@ class _Exporter:
     def _record(self, event: object) -> None:
         limiter = self.limiter
         before = dict(limiter.overflowed)
+        cache = self._attributes
         for metric, labels, value in telemetry.measure(event, limiter):
-            attributes = dict(zip(metric.labels, labels, strict=True))
+            attributes = cache.get((metric.key, labels))
+            if attributes is None:
+                # Bounded: the label caps bound the distinct label tuples.
+                attributes = cache[metric.key, labels] = dict(
+                    zip(metric.labels, labels, strict=True)
+                )
             instrument = self.instruments[metric.key]
             if metric.kind == "counter":
                 instrument.add(value, attributes)
@@ -196,9 +204,13 @@ class _Exporter:
         for label, count in limiter.overflowed.items():
             if count != before.get(label, 0):
                 self.overflow.add(count - before.get(label, 0), {"label": label})
-        kind = type(event)
-        if telemetry.is_state_change(kind):
+        if telemetry.is_state_change(type(event)):
             self.states.update(event)
+        self._annotate(event)
+
+    def _annotate(self, event: object) -> None:
+        """Add ``event`` to the current span (or to a span of its own if it is notable)."""
+        kind = type(event)
         shape = self._kinds.get(kind)
         if shape is None:
             shape = _classify(kind)
@@ -256,6 +268,7 @@ def install(
     *,
     max_names: int = 100,
     max_errors: int = 30,
+    calls: bool = True,
 ) -> OtelExporter:
     """Record recoverly's events as OpenTelemetry metrics and span events.
 
@@ -265,6 +278,9 @@ def install(
             (default: the global tracer provider).
         max_names: Distinct values the ``name`` attribute may take; more become ``"_other"``.
         max_errors: Distinct exception class names the ``error`` attribute may take.
+        calls: Record every protected call (``CallSucceeded``/``CallFailed``: the
+            ``calls`` and ``call_duration`` metrics). ``False`` keeps the circuit
+            breaker's success path free of events.
 
     Returns:
         A handle whose :meth:`~OtelExporter.uninstall` stops recording.
@@ -279,5 +295,5 @@ def install(
     max_errors = p.int_at_least("max_errors", max_errors, 1)
     p.raise_if_any()
     exporter = _Exporter(meter_provider, tracer_provider, max_names, max_errors)
-    events.subscribe(exporter)
+    events.subscribe(exporter, events.Event if calls else _NOT_PER_CALL)
     return OtelExporter(exporter)

@@ -91,6 +91,7 @@ _log = logging.getLogger("recoverly.prometheus")
 _NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20}
 _STATES = tuple(s.value for s in CircuitState)
+_NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.CallFailed))
 
 
 class _BreakerStateCollector(Collector):
@@ -132,16 +133,23 @@ class _Exporter:
     """The shared state of every :func:`install` into one registry and namespace."""
 
     def __init__(
-        self, registry: CollectorRegistry, namespace: str, max_names: int, max_errors: int
+        self,
+        registry: CollectorRegistry,
+        namespace: str,
+        max_names: int,
+        max_errors: int,
+        calls: bool,
     ) -> None:
         self.registry = registry
         self.namespace = namespace
+        self.settings = (max_names, max_errors, calls)
         self.users = 0
         self.limiter = telemetry.LabelLimiter(
             max_names, {"name": max_names, "error": max_errors, **_FIXED_CAPS}
         )
         self.states = telemetry.BreakerStates(max_names)
         self._warned = False
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.families: dict[str, Counter | Histogram] = {}
         self.collectors: list[Collector] = []
         created: list[Collector] = []
@@ -195,13 +203,17 @@ class _Exporter:
         try:
             limiter = self.limiter
             before = dict(limiter.overflowed) if limiter.overflowed else None
+            children = self._children
             for metric, labels, value in telemetry.measure(event, limiter):
-                family = self.families[metric.key]
-                child = family.labels(*labels)
+                child: Any = children.get((metric.key, labels))
+                if child is None:
+                    child = self.families[metric.key].labels(*labels)
+                    # Bounded: the label caps bound the distinct label tuples.
+                    children[metric.key, labels] = child
                 if metric.kind == "counter":
-                    child.inc(value)  # type: ignore[union-attr]
+                    child.inc(value)
                 else:
-                    child.observe(value)  # type: ignore[union-attr]
+                    child.observe(value)
             if telemetry.is_state_change(type(event)):
                 self.states.update(event)
             if limiter.overflowed and limiter.overflowed != before:
@@ -296,6 +308,7 @@ def install(
     namespace: str = "recoverly",
     max_names: int = 100,
     max_errors: int = 30,
+    calls: bool = True,
 ) -> PrometheusExporter:
     """Export recoverly's events as Prometheus metrics in ``registry``.
 
@@ -304,13 +317,17 @@ def install(
         namespace: Prefix of every metric name.
         max_names: Distinct values the ``name`` label may take; more become ``"_other"``.
         max_errors: Distinct exception class names the ``error`` label may take.
+        calls: Record every protected call (``CallSucceeded``/``CallFailed``: the
+            ``calls`` and ``call_duration`` families). ``False`` keeps the circuit
+            breaker's success path free of events.
 
     Returns:
         A handle whose :meth:`~PrometheusExporter.uninstall` removes the metrics.
 
     Raises:
         TypeError: ``registry`` is not a ``CollectorRegistry``.
-        ValueError: ``namespace`` is not a valid metric name, or a cap is below 1.
+        ValueError: ``namespace`` is not a valid metric name, a cap is below 1, or
+            the exporter is already installed there with other settings.
 
     .. versionadded:: 0.2
     """
@@ -325,13 +342,21 @@ def install(
     max_errors = p.int_at_least("max_errors", max_errors, 1)
     p.raise_if_any()
     key = (id(registry), namespace)
+    settings = (max_names, max_errors, bool(calls))
     with _LOCK:
         exporter = _INSTALLED.get(key)
         if exporter is None:
-            exporter = _Exporter(registry, namespace, max_names, max_errors)
+            exporter = _Exporter(registry, namespace, *settings)
             _INSTALLED[key] = exporter
+        elif exporter.settings != settings:
+            msg = (
+                f"recoverly.prometheus is already installed in this registry with namespace "
+                f"{namespace!r} and max_names, max_errors, calls = {exporter.settings}, "
+                f"not {settings}; uninstall it first"
+            )
+            raise ValueError(msg)
         if exporter not in events.subscribers():
             # Subscribed again if somebody cleared the bus (test isolation does).
-            events.subscribe(exporter)
+            events.subscribe(exporter, events.Event if calls else _NOT_PER_CALL)
         exporter.users += 1
         return PrometheusExporter(exporter)
