@@ -187,7 +187,7 @@ def test_failing_runs_provider_still_serves_breakers(clock):
     data = response.json()
     assert data["runs"] == []
     assert data["runs_error"] == "ConnectionError: database unreachable"
-    assert [b["name"] for b in data["breakers"]] == ["predictor"]
+    assert "predictor" in [b["name"] for b in data["breakers"]]
     assert keep.state is recoverly.CircuitState.CLOSED
 
 

@@ -54,13 +54,13 @@ pytestmark = [
 class LiveServer:
     """Uvicorn serving ``app`` on a free loopback port, in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, lifespan="off"):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", ws="none", http="h11", access_log=False
+            app, log_level="warning", lifespan=lifespan, ws="none", http="h11", access_log=False
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -204,3 +204,88 @@ def test_dashboard_shows_progress_advancing_and_a_breaker_opening(tmp_path, cloc
 
 def _predictor_down():
     raise ConnectionError("external predictor unreachable")
+
+
+@pytest.fixture
+def real_clock():
+    """The system clock as the default: the service's training pauses really pause."""
+    from recoverly._core.clock import SystemClock, set_default_clock
+
+    previous = set_default_clock(SystemClock())
+    yield
+    set_default_clock(previous)
+
+
+def closed_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_service_dashboard_follows_a_real_training_run_and_the_predictor_breaker(
+    tmp_path, real_clock
+):
+    """The real service in Chromium: a run's bar moves to 100 %; the predictor breaker opens."""
+    app_module = pytest.importorskip("recoverly.service.app")
+    settings_module = pytest.importorskip("recoverly.service.settings")
+    import httpx
+
+    settings = settings_module.Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        training_step_delay=0.1,
+        predictor_url=f"http://127.0.0.1:{closed_port()}",
+        predictor_attempts=1,
+        breaker_failure_threshold=2,
+        breaker_recovery_timeout=600,
+    )
+    app = app_module.create_app(settings)
+    problems: list[str] = []
+    seen: list[float] = []
+    with LiveServer(app, lifespan="on") as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.goto(f"{server.url}/dashboard")
+            config = {
+                "name": "browser-run",
+                "n_samples": 200,
+                "n_features": 4,
+                "n_classes": 3,
+                "epochs": 2,
+                "batch_size": 16,
+                "seed": 1,
+            }
+            response = httpx.post(f"{server.url}/train", json=config, timeout=10)
+            assert response.status_code == 202, response.text
+            run_id = response.json()["id"]
+            row = page.locator(f'[data-run="{run_id}"]')
+            bar = row.locator('[role="progressbar"]')
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                now = bar.get_attribute("aria-valuenow", timeout=10_000)
+                if now is not None and (not seen or seen[-1] != float(now)):
+                    seen.append(float(now))
+                if seen and seen[-1] >= 100:
+                    break
+                page.wait_for_timeout(150)
+            expect(row.locator(".badge")).to_have_text("completed", timeout=10_000)
+            assert row.locator(".chip").count() >= 1  # its checkpoint history
+
+            for _ in range(2):
+                answer = httpx.post(
+                    f"{server.url}/predict", json={"features": [[0.1, 0.2, 0.3, 0.4]]}, timeout=10
+                )
+                assert answer.status_code == 200, answer.text
+            card = page.locator('[data-breaker="external-predictor"]')
+            expect(card).to_have_attribute("data-state", "open", timeout=10_000)
+            expect(page.locator('[data-transition="external-predictor"]').first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "service-dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert seen[-1] == 100
+    assert any(0 < v < 100 for v in seen), f"no progress seen between 0 and 100: {seen}"
+    assert seen == sorted(seen)  # progress only moves forward
