@@ -144,6 +144,11 @@ def test_dashboard_shows_progress_advancing_and_a_breaker_opening(tmp_path, cloc
     database = CircuitBreaker(5, 10, name="database", clock=clock)
     app = FastAPI()
     app.include_router(dashboard_router(runs, poll_interval=0.2))
+    feature_store = CircuitBreaker(1, 5, name="feature-store", clock=clock)
+    with pytest.raises(ConnectionError):
+        feature_store.call(_predictor_down)
+    clock.advance(5)
+    assert feature_store.state is recoverly.CircuitState.HALF_OPEN  # probing now
     background_activity()
     problems: list[str] = []
 
@@ -170,6 +175,9 @@ def test_dashboard_shows_progress_advancing_and_a_breaker_opening(tmp_path, cloc
             expect(bar).to_contain_text("75.0%")
             expect(page.locator('[data-run="3"] .chip.latest')).to_have_text("step 125")
 
+            expect(page.locator('[data-breaker="feature-store"]')).to_have_attribute(
+                "data-state", "half_open"
+            )
             card = page.locator('[data-breaker="predictor"]')
             expect(card).to_have_attribute("data-state", "closed", timeout=10_000)
             for _ in range(3):
