@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--data-dir", type=Path, help="keep the database and checkpoints here")
     demo.add_argument("--json-report", type=Path, help="also write the report as JSON here")
+    demo.add_argument(
+        "--port", type=int, default=8000, help="port to serve on (taken: any free one)"
+    )
     serve = commands.add_parser("serve", help="run the service (settings: RECOVERLY_* / .env)")
     serve.add_argument("--host", help="address to bind (default: RECOVERLY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: RECOVERLY_PORT or 8000)")
@@ -45,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from recoverly.service.demo import run_demo  # noqa: PLC0415 - loads the whole service
 
-        report = run_demo(fast=args.fast, serve=not args.no_serve, data_dir=args.data_dir)
+        report = run_demo(
+            fast=args.fast, serve=not args.no_serve, data_dir=args.data_dir, port=args.port
+        )
         if args.json_report is not None:
             args.json_report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         return 0 if report.all_recovered else 1

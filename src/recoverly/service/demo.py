@@ -129,7 +129,7 @@ def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
 
 
 class _Demo:
-    def __init__(self, fast: bool, data_dir: Path, display: Display) -> None:
+    def __init__(self, fast: bool, data_dir: Path, display: Display, port: int) -> None:
         self.fast = fast
         self.display = display
         self.config, plan, step_delay = _configs(fast)
@@ -142,11 +142,14 @@ class _Demo:
             predictor_timeout=0.2,
             predictor_attempts=2,
             breaker_failure_threshold=3,
-            breaker_recovery_timeout=0.5 if fast else 1.5,
+            breaker_recovery_timeout=0.3 if fast else 1.5,
             training_step_delay=step_delay,
         )
         self.app = create_app(self.settings, faults=self.faults)
-        self.server = BackgroundServer(self.app)
+        try:
+            self.server = BackgroundServer(self.app, port=port)
+        except OSError:  # the port is taken: any free one will do
+            self.server = BackgroundServer(self.app)
         self.client = httpx.Client(base_url=self.server.url, timeout=30)
         self.report = DemoReport(
             url=self.server.url, reference_sha256=self.reference.model.weights_hash()
@@ -190,7 +193,7 @@ class _Demo:
         width = self.reference.model.weights.shape[0]
         sources: Counter[str] = Counter()
         # Long enough for the breaker to open, probe and open again in each failing phase.
-        seconds = 1.5 if self.fast else 4.0
+        seconds = 1.0 if self.fast else 4.0
         n = 0
         for mode in ("ok", "slow", "down", "ok"):
             self.predictor.set_mode(mode)
@@ -280,6 +283,7 @@ def run_demo(
     serve: bool = False,
     data_dir: Path | None = None,
     display: Display | None = None,
+    port: int = 0,
 ) -> DemoReport:
     """Run the demo; return its report (and, with ``serve``, keep serving until Ctrl-C).
 
@@ -288,6 +292,7 @@ def run_demo(
         serve: Keep the service running after the report.
         data_dir: Where the database and checkpoints go (default: a new temporary directory).
         display: Where to show progress (default: a rich live display on stdout).
+        port: Port to serve on (``0``, or a port in use: a free one).
 
     Returns:
         The :class:`DemoReport`.
@@ -304,7 +309,7 @@ def run_demo(
     events.subscribe(recorder)
     handler = display.capture_logs()
     try:
-        demo = _Demo(fast, data_dir, display)
+        demo = _Demo(fast, data_dir, display, port)
         with demo.predictor, demo.client:
             demo.server.start()
             try:

@@ -48,7 +48,7 @@ class Display:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
-        self.lines: deque[str] = deque(maxlen=8)
+        self.lines: deque[str] = deque(maxlen=6)
         self.title = ""
         self.url = ""
         self.progress = Progress(
@@ -59,7 +59,7 @@ class Display:
         )
         self.task = self.progress.add_task("training", total=1, info="")
         self.status = Table.grid(padding=(0, 2))
-        self.predictions: deque[str] = deque(maxlen=8)
+        self.predictions: deque[str] = deque(maxlen=6)
         self._live: Live | None = None
 
     def capture_logs(self) -> logging.Handler:
@@ -94,7 +94,7 @@ class Display:
         log = Text("\n".join(self.lines) or "(no events yet)", style="dim")
         parts: list[Any] = [self.progress, self.status]
         if self.predictions:
-            parts.append(Text("\n".join(self.predictions)))
+            parts.append(Text.from_markup("\n".join(self.predictions)))
         parts.append(Panel(log, title="recoverly events", border_style="dim"))
         return Panel(Group(*parts), title=f"recoverly demo - {self.title}", subtitle=self.url)
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from types import TracebackType
@@ -75,12 +76,19 @@ class BackgroundServer:
         self._socket.close()
 
     def wait(self) -> None:
-        """Block until the server exits (Ctrl-C in the main thread stops it)."""
+        """Block until the server exits; SIGINT (Ctrl-C) or SIGTERM stops it cleanly."""
+        stop = threading.Event()
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
-            while self._thread.is_alive():
-                self._thread.join(0.5)
-        except KeyboardInterrupt:
-            self.stop()
+            while self._thread.is_alive() and not stop.is_set():
+                stop.wait(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.stop()
 
     def __enter__(self) -> Self:
         return self.start()
