@@ -97,7 +97,9 @@ _NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.Ca
 class _BreakerStateCollector(Collector):
     """Reports ``<ns>_circuit_breaker_state{name, state}`` at scrape time."""
 
-    def __init__(self, name: str, known: telemetry.BreakerStates, limiter: Any) -> None:
+    def __init__(
+        self, name: str, known: telemetry.BreakerStates, limiter: telemetry.LabelLimiter
+    ) -> None:
         self._name = name
         self._known = known
         self._limiter = limiter
