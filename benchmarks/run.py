@@ -24,7 +24,9 @@ from pathlib import Path
 
 import stamina.instrumentation
 
+import bench_bulkhead
 import bench_circuit_breaker
+import bench_rate_limit
 import bench_retry
 from _harness import Case, Result, base_cases, measure, overhead
 from recoverly import events
@@ -33,7 +35,18 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 #: Everything below this line in RESULTS.md is hand-written and kept on rewrite.
 KEEP_MARKER = "<!-- hand-written notes below: kept when run.py rewrites this file -->"
-LIBRARIES = ("recoverly", "tenacity", "backoff", "stamina", "pybreaker", "circuitbreaker")
+LIBRARIES = (
+    "recoverly",
+    "tenacity",
+    "backoff",
+    "stamina",
+    "pybreaker",
+    "circuitbreaker",
+    "pyrate-limiter",
+    "limits",
+)
+#: The other rate limiters' cases, by path; a target compares recoverly with the fastest.
+RATE_LIMIT_RIVALS = ("pyrate", "pyrate_gcra", "limits_moving", "limits_fixed")
 
 
 # ---------------------------------------------------------------- targets
@@ -133,6 +146,21 @@ def evaluate(results: dict[str, Result], checks: dict[str, float]) -> list[Targe
         )
     else:
         missing("async CLOSED breaker overhead <= 1.5x the async floor's")
+    for path, what in (("ok", "with tokens free"), ("reject", "on an empty bucket")):
+        rivals = [k for k in (f"rl.{path}.{x}" for x in RATE_LIMIT_RIVALS) if k in r]
+        key = f"rl.{path}.recoverly"
+        best = min((_ov(r, k) for k in rivals), default=None)
+        at_least(
+            f"rate limiter decision {what} faster than pyrate-limiter's and limits' fastest",
+            None if best is None or key not in r else _ratio(best, _ov(r, key)),
+            1.0,
+        )
+    if have("bh.ok.recoverly", "bh.ok.floor"):
+        at_most(
+            "bulkhead free-slot overhead <= 1.5x a bare threading.Semaphore's",
+            _ratio(_ov(r, "bh.ok.recoverly"), _ov(r, "bh.ok.floor")),
+            1.5,
+        )
     check_ns = max(_ov(r, "events.check"), 0.0)
     for key, what in (("retry.ok.recoverly", "retry"), ("cb.ok.recoverly", "CLOSED breaker")):
         if key not in r:
@@ -307,6 +335,7 @@ def collect(notes: list[str]) -> list[Case]:
     if why:
         notes.append(f"recoverly breaker cases skipped: {why}")
     cases += bench_circuit_breaker.cases()
+    cases += bench_rate_limit.cases() + bench_bulkhead.cases()
     notes.append("pybreaker has no async case: its async support needs Tornado")
     notes.extend(f"{c.label}: {c.note}" for c in cases if c.note)
     return cases

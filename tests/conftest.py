@@ -12,7 +12,7 @@ from recoverly import registry
 from recoverly._core.bus import BUS
 from recoverly.testing import ManualClock, instant
 
-pytest_plugins = ["db_servers"]
+pytest_plugins = ["db_servers", "redis_servers"]
 
 # The machines are shared and noisy: Hypothesis' per-example deadline would turn a
 # slow moment into a failure that says nothing about the code under test.

@@ -574,3 +574,154 @@ def _pool_url(env: DocEnv) -> dict[str, Any]:
     url = f"sqlite:///{env.tmp_path / 'pool.sqlite3'}"
     env.extra["url"] = url
     return {"url": url}
+
+
+# ---------------------------------------------------------------- celery (docs/celery.md)
+def _eager_celery_app() -> Any:
+    """A Celery app that runs tasks in this process at once (no broker)."""
+    from celery import Celery
+
+    app = Celery("docs", broker="memory://", backend="cache+memory://")
+    app.conf.task_always_eager = True
+    return app
+
+
+def celery_task_store(env: DocEnv) -> Any:
+    """A RedisTaskStore on database 1 of the test Redis, with a prefix of its own.
+
+    Skips the example when Redis does not answer. Its keys are deleted afterwards.
+    """
+    import os
+    import uuid
+
+    import redis
+
+    from recoverly.celery import RedisTaskStore
+
+    url = os.environ.get("RECOVERLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    head, _, tail = url.split("?", maxsplit=1)[0].rpartition("/")
+    url = f"{head}/1" if tail.isdigit() and head.count("/") >= 2 else f"{url.rstrip('/')}/1"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        pytest.skip(
+            f"Redis at {url} is not reachable ({exc}); start it with ../shared/services.sh "
+            "or point RECOVERLY_TEST_REDIS_URL at a server"
+        )
+    prefix = f"test:docs:{uuid.uuid4().hex[:12]}"
+
+    def cleanup() -> None:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    env.cleanups.append(cleanup)
+    return RedisTaskStore(client, prefix=prefix)
+
+
+@standin("celery/process-data")
+def _process_data(env: DocEnv) -> dict[str, Any]:
+    load_data = Dependency({"rows": [1, 2, 3]}, failures=3)
+    saved: list[tuple[int, int]] = []
+
+    def process(data: dict[str, list[int]]) -> int:
+        return sum(data["rows"])
+
+    def save_result(data_id: int, result: int) -> None:
+        saved.append((data_id, result))
+
+    env.extra.update(load_data=load_data, saved=saved)
+    return {
+        "celery_app": _eager_celery_app(),
+        "store": celery_task_store(env),
+        "load_data": load_data,
+        "process": process,
+        "save_result": save_result,
+    }
+
+
+@standin("celery/base-class")
+def _refresh_features(env: DocEnv) -> dict[str, Any]:
+    fetch = Dependency({"features": [0.5, 1.5]}, failures=1)
+    env.extra["fetch"] = fetch
+    return {
+        "celery_app": _eager_celery_app(),
+        "store": celery_task_store(env),
+        "fetch_features": fetch,
+    }
+
+
+class _ModelTrainer:
+    """A trainer whose weights count the epochs it trained; epoch 3 fails once."""
+
+    def __init__(self, config: dict[str, Any], log: list[int]) -> None:
+        self.config = config
+        self.weights = 0.0
+        self.log = log
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.log.append(epoch)
+        if epoch == 3 and self.log.count(3) == 1:
+            msg = "parameter server unreachable"
+            raise ConnectionError(msg)
+        self.weights += 1.0
+        return {"score": 0.5 + epoch / 10, "loss": 1.0 / (epoch + 1)}
+
+    def get_state(self) -> dict[str, float]:
+        return {"weights": self.weights}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.weights = state["weights"]
+
+
+@standin("celery/train-model")
+def _train_model(env: DocEnv) -> dict[str, Any]:
+    epochs: list[int] = []
+    progress: list[tuple[int, int]] = []
+    finals: list[tuple[int, Any, float]] = []
+
+    def model_trainer(config: dict[str, Any]) -> _ModelTrainer:
+        return _ModelTrainer(config, epochs)
+
+    def update_progress(model_run_id: int, epoch: int, metrics: dict[str, float]) -> None:
+        progress.append((model_run_id, epoch))
+
+    def save_final_model(model_run_id: int, model_state: Any, score: float) -> None:
+        finals.append((model_run_id, model_state, score))
+
+    root = env.tmp_path / "checkpoints"
+    env.extra.update(epochs=epochs, progress=progress, finals=finals, root=root)
+    return {
+        "celery_app": _eager_celery_app(),
+        "store": celery_task_store(env),
+        "CHECKPOINT_ROOT": root,
+        "ModelTrainer": model_trainer,
+        "update_progress": update_progress,
+        "save_final_model": save_final_model,
+    }
+
+
+@standin("celery/process-batch")
+def _process_batch(env: DocEnv) -> dict[str, Any]:
+    saved: list[tuple[int, int]] = []
+
+    def complex_processing(item: int) -> int:
+        if item == 4:
+            msg = f"item {item} is malformed"
+            raise ValueError(msg)
+        return item * 10
+
+    def save_result(item_id: int, result: int) -> None:
+        saved.append((item_id, result))
+
+    env.extra["saved"] = saved
+    return {
+        "celery_app": _eager_celery_app(),
+        "store": celery_task_store(env),
+        "load_item": lambda item_id: item_id,
+        "complex_processing": complex_processing,
+        "save_result": save_result,
+    }

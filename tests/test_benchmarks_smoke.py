@@ -17,7 +17,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 _harness = importlib.import_module("_harness")
+bench_bulkhead = importlib.import_module("bench_bulkhead")
 bench_circuit_breaker = importlib.import_module("bench_circuit_breaker")
+bench_rate_limit = importlib.import_module("bench_rate_limit")
 bench_retry = importlib.import_module("bench_retry")
 
 
@@ -35,7 +37,13 @@ bench_run = _load_run()
 
 
 def _all_cases():
-    return _harness.base_cases() + bench_retry.cases() + bench_circuit_breaker.cases()
+    return (
+        _harness.base_cases()
+        + bench_retry.cases()
+        + bench_circuit_breaker.cases()
+        + bench_rate_limit.cases()
+        + bench_bulkhead.cases()
+    )
 
 
 @pytest.fixture
@@ -132,6 +140,35 @@ def test_bus_check_counter_counts_the_failure_path_events():
     assert bench_retry.count_bus_checks(lambda: None) == 0
 
 
+def test_every_rate_limiter_appears_on_both_paths():
+    """The floor, recoverly, pyrate-limiter and limits cases exist for free and empty buckets."""
+    keys = {c.key for c in bench_rate_limit.cases()}
+    for path in ("ok", "reject"):
+        for lib in ("floor", "recoverly", "pyrate", "pyrate_gcra", "limits_moving", "limits_fixed"):
+            assert f"rl.{path}.{lib}" in keys
+
+
+def test_floor_gcra_admits_the_burst_then_refuses():
+    """The hand-written GCRA floor lets `burst` decisions through, then refuses."""
+    floor = bench_rate_limit.FloorGCRA(1, 3600.0, 2)
+    assert [floor.try_acquire() for _ in range(3)] == [True, True, False]
+
+
+def test_rate_limit_section_lists_every_case(tmp_path, loop):
+    """The RESULTS.md section names every rate limiter and the bulkhead floors."""
+    cases = _harness.base_cases() + bench_rate_limit.cases() + bench_bulkhead.cases()
+    results = _harness.measure(cases, repeats=1, target_ms=0.05, log=lambda _s: None)
+    text = bench_rate_limit.section(results)
+    for label in ("pyrate-limiter InMemoryBucket", "limits FixedWindow", "free slot, async"):
+        assert label in text
+    target = tmp_path / "RESULTS.md"
+    target.write_text("top\n")
+    _harness.write_section(target, "rate-limit", text)
+    written = target.read_text()
+    assert written.startswith("top\n")
+    assert "<!-- rate-limit -->\n## Rate limiter and bulkhead" in written
+
+
 def test_runner_measures_prints_and_writes_results(tmp_path, monkeypatch, loop):
     """A tiny end-to-end run fills the table, lists every target and keeps notes."""
     monkeypatch.setattr(bench_run, "RESULTS", tmp_path / "RESULTS.md")
@@ -145,7 +182,7 @@ def test_runner_measures_prints_and_writes_results(tmp_path, monkeypatch, loop):
     assert "tenacity @retry" in table
     assert "lock-free floor" in table
     targets = bench_run.evaluate(results, bench_run.bus_checks(cases))
-    assert len(targets) == 11
+    assert len(targets) == 14
     args = bench_run.argparse.Namespace(repeats=1, target_ms=0.05, quick=True)
     bench_run.write_results(results, targets, notes, args)
     written = (tmp_path / "RESULTS.md").read_text()

@@ -113,7 +113,7 @@ REQUIRES: dict[str, tuple[str, str | tuple[str, ...], str]] = {
     "quick-reference/celery-task": (
         "celery",
         "Celery",
-        "Celery is not installed (the celery integration arrives with a later issue)",
+        "Celery is not installed (the celery extra)",
     ),
 }
 _DB_NAMES = {
@@ -848,3 +848,86 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
             conn.close()
     assert monitor.leaks() == []
     monitor.close()
+
+
+# ---------------------------------------------------------------- Celery (docs/celery.md)
+REQUIRES.update(
+    dict.fromkeys(
+        ("celery/setup", "celery/process-data", "celery/base-class", "celery/process-batch"),
+        ("recoverly.celery", "resilient_task", "needs the celery extra"),
+    )
+)
+REQUIRES["celery/train-model"] = (
+    "recoverly.training",
+    "CheckpointManager",
+    "needs recoverly.training's CheckpointManager (the training extra)",
+)
+
+
+@check("celery/setup")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    from recoverly.celery import RedisTaskStore
+
+    conf = ns["celery_app"].conf
+    assert conf.worker_prefetch_multiplier == 1
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost) == (True, True)
+    assert conf.broker_transport_options["visibility_timeout"] == 7200
+    assert isinstance(ns["store"], RedisTaskStore)
+    assert ns["store"].prefix == "ml:tasks"
+
+
+@check("celery/process-data")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    task, load_data = ns["process_data_task"], env.extra["load_data"]
+    assert task.apply(args=(7,)).get() == {"status": "success", "data_id": 7}
+    # Three failures: two absorbed in-process (5 s each), one went back to Celery.
+    assert load_data.calls == 4
+    assert env.clock.sleeps == [5.0, 5.0]
+    (outer,) = [e for e in env.of(ev.RetryScheduled) if e.name == task.name]
+    assert 30.0 <= outer.delay <= 60.0  # 60 s with jitter=True
+    assert env.extra["saved"] == [(7, 6)]
+    # The same message delivered again returns the stored result without running.
+    assert task.apply(args=(7,)).get() == {"status": "success", "data_id": 7}
+    assert load_data.calls == 4
+    assert env.extra["saved"] == [(7, 6)]
+    assert task.acks_late is True
+
+
+@check("celery/base-class")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    from recoverly.celery import ResilientTask
+
+    task, fetch = ns["refresh_features"], env.extra["fetch"]
+    assert task.apply(args=(3,)).get() == {"features": [0.5, 1.5]}
+    assert fetch.calls == 2  # one ConnectionError, retried through Celery
+    (scheduled,) = [e for e in env.of(ev.RetryScheduled) if e.name == task.name]
+    assert scheduled.delay == 10.0
+    assert task.apply(args=(3,)).get() == {"features": [0.5, 1.5]}
+    assert fetch.calls == 2
+    assert isinstance(task._get_current_object(), ResilientTask)
+    assert task.max_redeliveries == 2
+
+
+@check("celery/train-model")
+def _(ns: dict[str, Any], env: DocEnv) -> None:  # pragma: no cover - needs recoverly.training
+    task = ns["train_model_task"]
+    result = task.apply(args=(7, {"num_epochs": 6})).get()
+    assert result == {"status": "success", "model_run_id": 7, "best_score": 1.0}
+    # Epoch 3 failed once; the retry resumed at epoch 3, epochs 0-2 were not redone.
+    assert env.extra["epochs"] == [0, 1, 2, 3, 3, 4, 5]
+    assert env.extra["progress"] == [(7, e) for e in range(6)]
+    assert env.extra["finals"] == [(7, {"weights": 6.0}, 1.0)]  # weights restored from epoch 3
+    (directory,) = env.extra["root"].iterdir()
+    assert directory.name.startswith("train-model-7-")
+    assert task.apply(args=(7, {"num_epochs": 99})).get() == result  # same key: stored result
+    assert len(env.extra["epochs"]) == 7
+
+
+@check("celery/process-batch")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    task = ns["process_batch_task"]
+    expected = {"total": 6, "successful": 5, "failed": 1, "failed_ids": [4]}
+    assert task.apply(args=([0, 1, 2, 3, 4, 5],)).get() == expected
+    assert env.extra["saved"] == [(i, i * 10) for i in (0, 1, 2, 3, 5)]
+    assert task.apply(args=([0, 1, 2, 3, 4, 5],)).get() == expected  # redelivered: not rerun
+    assert len(env.extra["saved"]) == 5

@@ -1,8 +1,9 @@
 """recoverly: error recovery for Python services and ML pipelines.
 
-Retry with backoff, circuit breakers, fallbacks, timeouts, transactions and
-batch processing, for sync and ``async`` code, with no dependency. Database,
-training, Celery, Redis and metrics integrations are optional extras.
+Retry with backoff, circuit breakers, fallbacks, timeouts, bulkheads, rate limits,
+transactions and batch processing, for sync and ``async`` code, with no
+dependency. Database, training, Celery, Redis and metrics integrations are
+optional extras.
 
 .. versionadded:: 0.1
 """
@@ -17,6 +18,8 @@ from recoverly.batch import abatch_with_retry as abatch_with_retry
 from recoverly.batch import batch_with_retry as batch_with_retry
 from recoverly.budget import RetryBudget as RetryBudget
 from recoverly.budget import RetryBudgetStatistics as RetryBudgetStatistics
+from recoverly.bulkhead import Bulkhead as Bulkhead
+from recoverly.bulkhead import BulkheadStatistics as BulkheadStatistics
 from recoverly.circuit_breaker import CircuitBreaker as CircuitBreaker
 from recoverly.circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from recoverly.errors import BulkheadFullError as BulkheadFullError
@@ -29,7 +32,11 @@ from recoverly.errors import TimeoutExceeded as TimeoutExceeded
 from recoverly.fallback import Fallback as Fallback
 from recoverly.fallback import FallbackStatistics as FallbackStatistics
 from recoverly.fallback import fallback as fallback
+from recoverly.rate_limit import RateLimiter as RateLimiter
+from recoverly.rate_limit import RateLimiterStatistics as RateLimiterStatistics
 from recoverly.registry import breakers as breakers
+from recoverly.registry import bulkheads as bulkheads
+from recoverly.registry import limiters as limiters
 from recoverly.retry import Retry as Retry
 from recoverly.retry import RetryStatistics as RetryStatistics
 from recoverly.retry import retry as retry
@@ -50,7 +57,9 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "BatchProgress",
+    "Bulkhead",
     "BulkheadFullError",
+    "BulkheadStatistics",
     "CircuitBreaker",
     "CircuitBreakerError",
     "CircuitBreakerStatistics",
@@ -58,6 +67,8 @@ __all__ = [
     "Fallback",
     "FallbackStatistics",
     "RateLimitExceeded",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "RecoverlyError",
     "RejectedError",
     "Retry",
@@ -75,8 +86,10 @@ __all__ = [
     "asafe_execute",
     "batch_with_retry",
     "breakers",
+    "bulkheads",
     "events",
     "fallback",
+    "limiters",
     "registry",
     "retry",
     "retrying",

@@ -30,6 +30,7 @@ from recoverly.errors import CircuitState
 
 __all__ = [
     "BatchItemFailed",
+    "BulkheadWaited",
     "CallFailed",
     "CallRejected",
     "CallSucceeded",
@@ -39,6 +40,7 @@ __all__ = [
     "CircuitStateChanged",
     "Event",
     "FallbackUsed",
+    "RateLimitDelayed",
     "RetryGaveUp",
     "RetryScheduled",
     "RetrySucceeded",
@@ -141,6 +143,36 @@ class CallFailed(Event):
     exception: BaseException
     duration: float
     counted: bool
+
+
+# ---------------------------------------------------------------- bulkhead and rate limiter
+@dataclass(frozen=True, slots=True)
+class BulkheadWaited(Event):
+    """A queued call got a bulkhead slot after waiting ``waited`` seconds.
+
+    Rejections (no queue place, or the queue timeout passed) are
+    :class:`CallRejected` events with ``strategy="bulkhead"`` and ``state``
+    ``"full"`` or ``"queue_timeout"``.
+
+    .. versionadded:: 0.2
+    """
+
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDelayed(Event):
+    """A caller waits ``delay`` seconds for ``tokens`` tokens of bucket ``key``.
+
+    Refusals are :class:`CallRejected` events with ``strategy="rate_limit"``,
+    ``state="exhausted"`` and the ``retry_after`` the caller was told.
+
+    .. versionadded:: 0.2
+    """
+
+    key: object
+    tokens: int
+    delay: float
 
 
 # ---------------------------------------------------------------- others
@@ -293,6 +325,10 @@ def log_event(event: Event) -> None:  # noqa: C901, PLR0912 - one flat dispatch 
         )
     elif isinstance(event, CallRejected):
         logger.debug("%s rejected a call (%s)", event.name, event.state)
+    elif isinstance(event, RateLimitDelayed):
+        logger.debug("%s: waiting %.3gs for %d token(s)", event.name, event.delay, event.tokens)
+    elif isinstance(event, BulkheadWaited):
+        logger.debug("%s: got a slot after %.3gs in the queue", event.name, event.waited)
 
 
 # The default subscriber: listens to everything but the per-call success and

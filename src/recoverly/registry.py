@@ -9,15 +9,21 @@ as long as it is alive::
     def health():
         return {name: b.state.name for name, b in recoverly.registry.breakers().items()}
 
+Named :class:`~recoverly.Bulkhead` and :class:`~recoverly.RateLimiter`
+instances are listed the same way, by :func:`bulkheads` and :func:`limiters`.
+
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+from recoverly import bulkhead, rate_limit
 from recoverly._core.registry import REGISTRY
+from recoverly.bulkhead import Bulkhead
 from recoverly.circuit_breaker import KIND, CircuitBreaker
+from recoverly.rate_limit import RateLimiter
 
-__all__ = ["breakers", "reset"]
+__all__ = ["breakers", "bulkheads", "limiters", "reset"]
 
 
 def breakers() -> dict[str, CircuitBreaker]:
@@ -33,19 +39,49 @@ def breakers() -> dict[str, CircuitBreaker]:
     return REGISTRY.live(KIND)
 
 
+def bulkheads() -> dict[str, Bulkhead]:
+    """Return the live named bulkheads, ``{name: bulkhead}``, sorted by name.
+
+    Returns:
+        A new dictionary of the named bulkheads that are still alive.
+
+    .. versionadded:: 0.2
+    """
+    return REGISTRY.live(bulkhead.KIND)
+
+
+def limiters() -> dict[str, RateLimiter]:
+    """Return the live named rate limiters, ``{name: limiter}``, sorted by name.
+
+    Returns:
+        A new dictionary of the named rate limiters that are still alive.
+
+    .. versionadded:: 0.2
+    """
+    return REGISTRY.live(rate_limit.KIND)
+
+
 def reset() -> None:
     """Close every listed breaker, as if ``breaker.reset()`` were called on each.
 
     Meant for tests: a module-level breaker opened by one test would otherwise
     reject calls in the next. Breakers stay listed (a module-level breaker is
     listed for as long as it lives); their ``on_close`` hooks and events fire
-    for those that were not CLOSED.
+    for those that were not CLOSED. Listed rate limiters are reset too (every
+    bucket refilled); bulkheads have nothing to reset.
 
     .. versionadded:: 0.1
+
+    .. versionchanged:: 0.2
+       Also resets the listed rate limiters.
     """
     for breaker in REGISTRY.live(KIND).values():
         breaker.reset()
+    for limiter in REGISTRY.live(rate_limit.KIND).values():
+        limiter.reset()
 
 
 # Re-exported as ``recoverly.breakers``; ``reset`` stays here (tests reach for it by module).
 breakers.__module__ = "recoverly"
+bulkheads.__module__ = "recoverly"
+limiters.__module__ = "recoverly"

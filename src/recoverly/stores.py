@@ -34,6 +34,11 @@ monotonic clock, and ``fast`` is a locally cached copy of the shared generation
 while it is CLOSED with no failures, so the CLOSED success path needs no round
 trip.
 
+A :class:`~recoverly.RateLimiter` keeps its buckets in a
+:class:`LimiterStore` the same way: one atomic operation, ``take(key, tokens,
+now, interval, burst) -> (admitted, retry_after)``, over one theoretical
+arrival time per key (GCRA). :class:`InMemoryLimiterStore` is the default.
+
 .. versionadded:: 0.1
 """
 
@@ -53,6 +58,7 @@ from recoverly._breaker_state import (
     Transition,
 )
 from recoverly._core.clock import Clock, resolve
+from recoverly._rate_store import InMemoryLimiterStore, LimiterStore
 from recoverly.errors import CircuitState
 
 __all__ = [
@@ -63,6 +69,8 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerStore",
     "InMemoryBreakerStore",
+    "InMemoryLimiterStore",
+    "LimiterStore",
     "Transition",
 ]
 
@@ -292,6 +300,12 @@ class InMemoryBreakerStore:
         return f"<InMemoryBreakerStore {core.state.name} generation={core.generation}>"
 
 
-for _cls in (BreakerSnapshot, BreakerStore, InMemoryBreakerStore):
+for _cls in (
+    BreakerSnapshot,
+    BreakerStore,
+    InMemoryBreakerStore,
+    InMemoryLimiterStore,
+    LimiterStore,
+):
     _cls.__module__ = "recoverly.stores"
 del _cls

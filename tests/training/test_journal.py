@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from recoverly.training._journal import Journal, decode, encode
 
@@ -270,3 +272,48 @@ def test_failed_compaction_is_not_retried_on_every_append(tmp_path: Path, monkey
         journal.ack(_append(journal, step))
     assert path.stat().st_size <= 4096  # compaction works again once the disk does
     journal.close()
+
+
+# One operation: (kind, size). Kind 0 reopens the journal after a torn write of size % 31
+# bytes, 1-2 acknowledge size % 3 of the oldest pending records, 3-9 append a record whose
+# metric name is size characters long (so appends dominate and the bound is reached).
+_OPS = st.lists(st.tuples(st.integers(0, 9), st.integers(1, 120)), min_size=30, max_size=80)
+
+
+@given(ops=_OPS)
+@settings(max_examples=25)
+def test_journal_invariants_hold_for_any_sequence_of_operations(ops, tmp_path_factory):
+    """Pending stays ordered, bounded, the newest tail, across reopening and torn writes."""
+    path = tmp_path_factory.mktemp("j") / "p.journal"
+    journal = Journal(path, 1024, fsync=False)
+    appended: list[int] = []  # seqs in order
+    acked = dropped = 0
+    pending: list[int] = []
+    for kind, arg in ops:
+        if kind >= 3:
+            seq = journal.append(1, 0, len(appended), "r", None, {"x" * arg: 1.0}, 0.0).seq
+            assert seq == (appended[-1] + 1 if appended else seq)
+            appended.append(seq)
+        elif kind >= 1:
+            oldest = journal.pending(arg % 3)
+            if oldest:
+                acked = oldest[-1].seq
+                journal.ack(acked)
+        else:
+            dropped += journal.dropped
+            journal.close()
+            if arg % 31:
+                with path.open("ab") as f:
+                    f.write(encode({"seq": 10**6, "run": 1})[: arg % 31])
+            journal = Journal(path, 1024, fsync=False)
+        pending = [r.seq for r in journal.pending(10**6)]
+        assert pending == sorted(pending)
+        assert all(seq > acked for seq in pending)
+        undelivered = [seq for seq in appended if seq > acked]
+        assert pending == undelivered[len(undelivered) - len(pending) :]  # a newest tail
+        if undelivered:
+            assert pending, "the newest undelivered record is always kept"
+        assert path.stat().st_size <= 1024
+    event(f"records dropped: {dropped + journal.dropped > 0}")
+    journal.close()
+    assert [r.seq for r in Journal(path, 1024, fsync=False).pending(10**6)] == pending

@@ -506,3 +506,70 @@ def test_more_bad_arguments_are_reported_together(sqlite_engine, tmp_path, track
         ProgressTracker(sqlite_engine, "", tmp_path / "k")
     with pytest.raises(TypeError, match=r"journal_path must be a path.*fsync must be a bool"):
         ProgressTracker(sqlite_engine, "run-a", 5, fsync="yes")
+
+
+def test_progress_names_without_sqlalchemy_say_what_to_install():
+    """Without SQLAlchemy, checkpoints import and a progress name names the db extra."""
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "import recoverly.training as t\n"
+        "t.ProgressRecord\n"
+        "try:\n    t.ProgressTracker\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(  # noqa: S603 - fixed command
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == (
+        "recoverly.training.ProgressTracker needs SQLAlchemy 2: pip install 'recoverly[db]'"
+    )
+
+
+def test_a_late_replay_of_an_old_journal_does_not_overwrite_newer_progress(
+    engine, tmp_path, clock, tracked
+):
+    """An old journal replayed after newer reports leaves the newer rows as they are."""
+    down = sa.create_engine(f"sqlite:///{tmp_path / 'no' / 'db.sqlite'}")
+    run_id = _setup(engine)
+    old = _tracker(tracked, down, run_id, tmp_path / "old.journal", clock=clock)
+    for step in range(1, 51):
+        old.update(0, step, {"loss": 1.0, "attempt": 1})
+    assert old.close(timeout=0.05) is False  # 50 records stay in the old journal
+    clock.advance(60)
+    new = _tracker(tracked, engine, run_id, tmp_path / "new.journal", clock=clock)
+    for step in range(1, 101):
+        new.update(1, step, {"loss": 0.5, "attempt": 2})
+    new.update(1, 100, status="completed")
+    assert new.close(timeout=10)
+
+    late = _tracker(tracked, engine, run_id, tmp_path / "old.journal", clock=clock)
+    assert late.statistics().recovered == 50
+    assert late.close(timeout=10)
+    progress = _progress(engine, run_id)
+    assert progress is not None
+    assert (progress.step, progress.status) == (100, "completed")
+    rows = _history(engine, run_id)
+    assert [r.step for r in rows] == list(range(1, 101))
+    assert {r.metrics["attempt"] for r in rows[:99]} == {2}
+    down.dispose()
+
+
+def test_updates_from_several_threads_are_all_delivered(sqlite_engine, tmp_path, clock, tracked):
+    """Four threads reporting at once: every report is counted, journaled and delivered."""
+    import threading
+
+    run_id = _setup(sqlite_engine)
+    tracker = _tracker(tracked, sqlite_engine, run_id, tmp_path / "j", clock=clock)
+
+    def report(offset: int) -> None:
+        for i in range(250):
+            tracker.update(0, offset + 4 * i, {"loss": 1.0})
+
+    threads = [threading.Thread(target=report, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracker.flush(timeout=10)
+    stats = tracker.statistics()
+    assert (stats.updates, stats.delivered, stats.pending) == (1000, 1000, 0)
+    assert sorted(r.step for r in _history(sqlite_engine, run_id)) == list(range(1000))

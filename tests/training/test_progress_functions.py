@@ -120,3 +120,47 @@ def test_concurrent_stale_write_of_a_model_run_is_refused(engine):
         rb.status = "failed"
         with pytest.raises(sa.orm.exc.StaleDataError):
             b.commit()
+
+
+def test_the_seeds_create_model_run_works_on_these_models(engine):
+    """The seeds' create_model_run (a run and its 'initialized' progress row) runs as written."""
+    import datetime as dt
+
+    from recoverly import TransactionManager
+    from recoverly.db import db_retry, ensure_connection
+
+    @ensure_connection
+    @db_retry(max_attempts=3, delay=0.5)
+    def create_model_run(db: Session, name: str, model_type: str, config: dict) -> ModelRun:
+        with TransactionManager(db):
+            model_run = ModelRun(
+                name=name,
+                model_type=model_type,
+                config=config,
+                status="created",
+                created_at=dt.datetime.now(dt.timezone.utc),
+            )
+            db.add(model_run)
+            db.flush()
+            progress = TrainingProgress(
+                model_run_id=model_run.id, status="initialized", progress_percentage=0.0
+            )
+            db.add(progress)
+            return model_run
+
+    with Session(engine) as db:
+        run = create_model_run(db, "gbm", "xgboost", {"depth": 6})
+        run_id = run.id
+    with Session(engine) as db:  # the seeds' update_progress sets current_epoch and metrics
+        progress = db.scalars(sa.select(TrainingProgress).filter_by(model_run_id=run_id)).one()
+        progress.current_epoch = 4
+        progress.metrics = {"score": 0.9}
+        db.commit()
+    with Session(engine) as db:
+        progress = db.scalars(sa.select(TrainingProgress).filter_by(model_run_id=run_id)).one()
+        assert (progress.epoch, progress.metrics, progress.status) == (
+            4,
+            {"score": 0.9},
+            "initialized",
+        )
+        assert db.get(ModelRun, run_id).config == {"depth": 6}

@@ -12,6 +12,10 @@ from typing import Any
 from typing_extensions import assert_type
 
 from recoverly import (
+    Bulkhead,
+    BulkheadStatistics,
+    RateLimiter,
+    RateLimiterStatistics,
     Retry,
     RetryBudget,
     RetryStrategy,
@@ -114,3 +118,51 @@ def blocks() -> None:
     assert_type(results, list[str])
     assert_type(failed, list[tuple[int, Exception]])
     assert_type(safe_execute(int, "3", default=0), int)
+
+
+bulkhead = Bulkhead(4, max_queue=10, queue_timeout=dt.timedelta(seconds=5), name="db")
+limiter = RateLimiter(10, per=1.0, burst=5, key=lambda user, **_: user)
+
+
+@bulkhead
+@limiter
+def guarded(user: str, *, page: int = 1) -> list[str]:
+    """Bulkhead over rate limiter keeps the signature."""
+    return [user] * page
+
+
+assert_type(guarded("a", page=2), list[str])
+guarded(1)  # type: ignore[arg-type]
+
+
+@limiter
+@bulkhead
+async def aguarded(n: int) -> int:
+    """Async stays async under both."""
+    return n
+
+
+pending_guarded = assert_type(aguarded(1), Coroutine[Any, Any, int])
+pending_guarded.close()
+
+
+def concurrency_blocks() -> None:
+    """Bulkhead and rate limiter blocks, acquisitions and statistics are typed."""
+    with bulkhead as b:
+        assert_type(b, Bulkhead)
+    with limiter as lim:
+        assert_type(lim, RateLimiter)
+    assert_type(limiter.try_acquire(2, key="alice"), bool)
+    assert_type(limiter.acquire(timeout=None), float)
+    assert_type(limiter.statistics(), RateLimiterStatistics)
+    assert_type(bulkhead.statistics(), BulkheadStatistics)
+    assert_type(bulkhead.statistics().active, int)
+
+
+async def aconcurrency_blocks() -> None:
+    """The async forms are typed too."""
+    async with bulkhead as b:
+        assert_type(b, Bulkhead)
+    async with limiter as lim:
+        assert_type(lim, RateLimiter)
+    assert_type(await limiter.aacquire(key=3), float)

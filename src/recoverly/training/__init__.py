@@ -68,7 +68,13 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(msg)
     import importlib  # noqa: PLC0415 - only needed for the lazy names
 
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "sqlalchemy":
+            raise
+        msg = f"recoverly.training.{name} needs SQLAlchemy 2: pip install 'recoverly[db]'"
+        raise ImportError(msg) from exc
     globals()[name] = value
     return value
 

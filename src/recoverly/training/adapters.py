@@ -108,23 +108,40 @@ def object_state(obj: object) -> Any:
         return estimator_state(obj)
     raise TypeError(
         "a registered object needs state_dict()/load_state_dict(), get_state()/set_state() "
-        f"or to be a scikit-learn estimator, got {obj!r}"
+        f"(or load_state()) or to be a scikit-learn estimator, got {obj!r}"
     )
 
 
 def load_object_state(obj: object, state: Any) -> None:
     """Restore a registered object from :func:`object_state`'s value.
 
+    Uses ``load_state_dict()``, ``set_state()`` or ``load_state()`` (the seeds'
+    trainer), or :func:`load_estimator_state` for scikit-learn estimators.
+
     .. versionadded:: 0.2
     """
     if callable(getattr(obj, "load_state_dict", None)):
         obj.load_state_dict(state)  # type: ignore[attr-defined]
+        _mark_torch_optimizer_stepped(obj)
     elif callable(getattr(obj, "set_state", None)):
         obj.set_state(state)  # type: ignore[attr-defined]
+    elif callable(getattr(obj, "load_state", None)):
+        obj.load_state(state)  # type: ignore[attr-defined]
     elif _is_estimator(obj):
         load_estimator_state(obj, state)
     else:
-        raise TypeError(f"cannot restore {obj!r}: no load_state_dict() or set_state()")
+        raise TypeError(
+            f"cannot restore {obj!r}: no load_state_dict(), set_state() or load_state()"
+        )
+
+
+def _mark_torch_optimizer_stepped(obj: object) -> None:
+    # An LR scheduler warns "lr_scheduler.step() before optimizer.step()" when the
+    # optimizer has not stepped in this process, which is the normal case for a
+    # run resumed at the end of an epoch. A checkpointed optimizer has stepped.
+    torch: Any = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.optim.Optimizer):
+        obj._opt_called = True
 
 
 def _is_estimator(obj: object) -> bool:

@@ -147,7 +147,6 @@ class ProgressTracker:
         "_sessions",
         "_stop_at",
         "_thread",
-        "_updates",
         "_wake",
         "interval",
         "max_batch",
@@ -211,7 +210,6 @@ class ProgressTracker:
         self._initialized = False
         self._failing = False
         self._stop_at: float | None = None
-        self._updates = 0
         self._delivered = 0
         self._failed_sends = 0
         self._rejected_sends = 0
@@ -265,7 +263,6 @@ class ProgressTracker:
                 checked.metrics,
                 resolve(self._clock).wall(),
             )
-            self._updates += 1
         except Exception:  # pragma: no cover - the journal logs its own disk errors
             _log.exception("ProgressTracker of run %s: could not journal a report", self.run_id)
 
@@ -396,7 +393,7 @@ class ProgressTracker:
         """Return a snapshot of the counters."""
         journal = self._journal
         return ProgressStatistics(
-            updates=self._updates,
+            updates=journal.appended,
             delivered=self._delivered,
             pending=journal.pending_count,
             dropped=journal.dropped,

@@ -135,11 +135,20 @@ def seed_all(seed: int) -> None:
 
 
 def is_generator(obj: object) -> bool:
-    """Return whether :func:`generator_state` knows how to snapshot ``obj``.
+    """Return whether ``obj`` is a random generator of a known kind.
+
+    ``random.Random``, ``numpy.random.Generator``, ``numpy.random.RandomState``
+    and ``torch.Generator``. (:func:`capture_rng` also accepts any object with
+    ``get_state()``/``set_state()`` passed to it explicitly.)
 
     .. versionadded:: 0.2
     """
-    return _kind(obj) is not None
+    if isinstance(obj, random.Random):
+        return True
+    if type(obj).__module__.startswith("numpy.random"):
+        return _kind(obj) is not None
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Generator)
 
 
 def generator_state(gen: object) -> dict[str, Any]:
