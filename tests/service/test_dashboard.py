@@ -218,7 +218,19 @@ def test_feed_caps_distinct_names():
         assert sorted(names) == ["_other", "first"]
     finally:
         feed.close()
-    assert feed not in events.subscribers()
+    assert feed._subscriber not in events.subscribers()
+
+
+def test_a_dropped_feed_leaves_the_event_bus_by_itself():
+    """A feed nobody references any more unsubscribes at the next event it would get."""
+    import gc
+
+    before = len(events.subscribers())
+    DashboardFeed()  # dropped at once
+    assert len(events.subscribers()) == before + 1
+    gc.collect()
+    recoverly.retry(2, 0.0, name="f")(_fails_once())()
+    assert len(events.subscribers()) == before
 
 
 def _fails_once():

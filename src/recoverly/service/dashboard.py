@@ -32,6 +32,7 @@ import datetime as dt
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -141,7 +142,17 @@ class DashboardFeed:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_clock", "_counts", "_limiter", "_lock", "_states", "_totals", "transitions")
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_counts",
+        "_limiter",
+        "_lock",
+        "_states",
+        "_subscriber",
+        "_totals",
+        "transitions",
+    )
 
     def __init__(
         self,
@@ -165,18 +176,10 @@ class DashboardFeed:
         self._states: dict[str, str] = {}
         self._counts: dict[str, collections.Counter[str]] = {}
         self._totals: collections.Counter[str] = collections.Counter()
-        events.subscribe(
-            self,
-            (
-                events.CircuitStateChanged,
-                events.RetryScheduled,
-                events.RetrySucceeded,
-                events.RetryGaveUp,
-                events.CallRejected,
-                events.FallbackUsed,
-                events.TimedOut,
-            ),
-        )
+        # The bus holds only a weak reference to the feed: a feed nobody uses
+        # any more (an app that was dropped) leaves the bus at the next event.
+        self._subscriber = _WeakSubscriber(self)
+        events.subscribe(self._subscriber, _FEED_EVENTS)
 
     def __call__(self, event: events.Event) -> None:
         """Record one event (the bus calls this)."""
@@ -206,7 +209,7 @@ class DashboardFeed:
 
         .. versionadded:: 0.2
         """
-        events.unsubscribe(self)
+        events.unsubscribe(self._subscriber)
 
     def snapshot(self) -> dict[str, Any]:
         """Return transitions (newest first), retry counts per name, totals and last states.
@@ -241,6 +244,33 @@ class DashboardFeed:
 
     def __repr__(self) -> str:
         return f"<DashboardFeed transitions={len(self.transitions)}/{self.transitions.maxlen}>"
+
+
+_FEED_EVENTS = (
+    events.CircuitStateChanged,
+    events.RetryScheduled,
+    events.RetrySucceeded,
+    events.RetryGaveUp,
+    events.CallRejected,
+    events.FallbackUsed,
+    events.TimedOut,
+)
+
+
+class _WeakSubscriber:
+    """Forwards events to a feed while it lives; unsubscribes itself once it is gone."""
+
+    __slots__ = ("_feed",)
+
+    def __init__(self, feed: DashboardFeed) -> None:
+        self._feed = weakref.ref(feed)
+
+    def __call__(self, event: events.Event) -> None:
+        feed = self._feed()
+        if feed is None:
+            events.unsubscribe(self)
+        else:
+            feed(event)
 
 
 def _kind_of(event: events.Event) -> str:
