@@ -266,3 +266,17 @@ def test_calls_false_subscribes_to_everything_but_per_call_events():
         )
     finally:
         t.close()
+
+
+def test_state_gauge_reports_nothing_after_uninstall(clock):
+    """Once uninstalled, the breaker-state gauge yields no observations."""
+    t = Telemetry()
+    try:
+        keep = CircuitBreaker(name="gauge-check", clock=clock)
+        states = t.points("recoverly.circuit_breaker_state")
+        assert states[frozenset({"name": "gauge-check", "state": "closed"}.items())] == 1
+        t.handle.uninstall()
+        assert t.points("recoverly.circuit_breaker_state") == {}
+        assert keep.state is recoverly.CircuitState.CLOSED
+    finally:
+        t.close()
