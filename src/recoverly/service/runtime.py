@@ -35,7 +35,9 @@ def _breaker_store(settings: Settings) -> BreakerStore | None:
     except ImportError as exc:
         msg = "RECOVERLY_REDIS_URL is set but recoverly.redis is not available in this install"
         raise RuntimeError(msg) from exc
-    store: BreakerStore = RedisBreakerStore(settings.redis_url, BREAKER_NAME)
+    store: BreakerStore = RedisBreakerStore(
+        settings.redis_url, BREAKER_NAME, prefix=settings.redis_prefix
+    )
     return store
 
 
@@ -95,11 +97,9 @@ class Service:
 
     def _default_worker(self) -> Worker:
         if self.settings.broker_url is not None:
-            msg = (
-                "RECOVERLY_BROKER_URL is set, but this build runs training in-process only; "
-                "unset it (see docs/service.md, 'Scaling out')"
-            )
-            raise RuntimeError(msg)
+            from recoverly.service.celery_worker import CeleryWorker  # noqa: PLC0415 - optional
+
+            return CeleryWorker(self.settings)
         return InProcessWorker(
             self.job, on_interrupted=self._interrupted, on_given_up=self._given_up
         )
@@ -130,6 +130,9 @@ class Service:
         """Close what needs no event loop: the breaker's listing, the pool monitor, the engine."""
         # A new service in this process (tests, the demo) may name its breaker the same.
         REGISTRY.unregister(BREAKER_KIND, BREAKER_NAME, self.predictor.breaker)
+        close_store = getattr(self.predictor.breaker.store, "close", None)
+        if callable(close_store):  # the Redis store's connection and subscriber thread
+            close_store()
         if self.faults is not None:
             self.faults.uninstall(self.engine)
         self.pool.close()

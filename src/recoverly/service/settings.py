@@ -24,7 +24,9 @@ class Settings(BaseSettings):
         data_dir: Where the default database, checkpoints and journals live.
         database_url: SQLAlchemy URL; ``None``: a SQLite file in ``data_dir``.
         broker_url: Celery broker URL; ``None``: the in-process worker.
+        celery_queue: The Celery queue training runs are sent to.
         redis_url: Redis URL for shared breaker state; ``None``: in memory.
+        redis_prefix: Prefix of the service's Redis keys.
         checkpoint_dir: Checkpoint directory; ``None``: ``data_dir/checkpoints``.
         predictor_url: Base URL of the external predictor; ``None``: the local
             model answers every prediction.
@@ -49,7 +51,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("recoverly-data")
     database_url: str | None = None
     broker_url: str | None = None
+    celery_queue: str = Field(default="recoverly-training", min_length=1, max_length=200)
     redis_url: str | None = None
+    redis_prefix: str = Field(default="recoverly:", max_length=100)
     checkpoint_dir: Path | None = None
     predictor_url: str | None = None
     predictor_timeout: float = Field(default=0.5, gt=0, le=60)
