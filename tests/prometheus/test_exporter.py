@@ -59,6 +59,9 @@ def test_retry_that_recovers_counts_retries_delays_and_the_outcome(registry):
     assert value(registry, "recoverly_retry_delay_seconds_count", name="fetch") == 2
     assert value(registry, "recoverly_retry_delay_seconds_sum", name="fetch") == 1.5
     assert value(registry, "recoverly_retry_delay_seconds_bucket", name="fetch", le="0.5") == 1
+    assert value(registry, "recoverly_retry_delay_seconds_bucket", name="fetch", le="0.25") == 0
+    assert value(registry, "recoverly_retry_delay_seconds_bucket", name="fetch", le="1.0") == 2
+    assert value(registry, "recoverly_retry_delay_seconds_bucket", name="fetch", le="+Inf") == 2
     assert value(registry, "recoverly_events_total", event="RetryScheduled", name="fetch") == 2
     assert value(registry, "recoverly_events_total", event="RetrySucceeded", name="fetch") == 1
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -248,105 +248,105 @@ def _db_kind(exc: object) -> str | None:
         return "unknown"
 
 
-def _retry_scheduled(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _retry_scheduled(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     exc = getattr(event, "exception", None)
     error = lim("error", error_label(exc))
-    yield RETRIES, (name, error), 1.0
+    out: list[Sample] = [(RETRIES, (name, error), 1.0)]
     delay = _number(event, "delay")
     if delay is not None:
-        yield RETRY_DELAY, (name,), delay
+        out.append((RETRY_DELAY, (name,), delay))
     kind = _db_kind(exc)
     if kind is not None:
-        yield DB_RETRIES, (name, error, lim("kind", kind)), 1.0
+        out.append((DB_RETRIES, (name, error, lim("kind", kind)), 1.0))
+    return out
 
 
-def _retry_succeeded(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _retry_succeeded(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del event, lim
-    yield RETRY_OUTCOMES, (name, "succeeded", ""), 1.0
+    return [(RETRY_OUTCOMES, (name, "succeeded", ""), 1.0)]
 
 
-def _retry_gave_up(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
-    yield RETRY_OUTCOMES, (name, "gave_up", lim("reason", _text(event, "reason"))), 1.0
+def _retry_gave_up(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    return [(RETRY_OUTCOMES, (name, "gave_up", lim("reason", _text(event, "reason"))), 1.0)]
 
 
-def _state_changed(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _state_changed(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del lim
     before = state_label(getattr(event, "previous", None))
     after = state_label(getattr(event, "state", None))
-    yield TRANSITIONS, (name, before, after), 1.0
+    return [(TRANSITIONS, (name, before, after), 1.0)]
 
 
-def _call_succeeded(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _call(event: object, name: str, lim: LabelLimiter, outcome: str) -> list[Sample]:
     strategy = lim("strategy", _text(event, "strategy", "unknown"))
-    yield CALLS, (strategy, name, "success"), 1.0
     duration = _number(event, "duration")
-    if duration is not None:
-        yield CALL_DURATION, (strategy, name), duration
+    if duration is None:
+        return [(CALLS, (strategy, name, outcome), 1.0)]
+    return [(CALLS, (strategy, name, outcome), 1.0), (CALL_DURATION, (strategy, name), duration)]
 
 
-def _call_failed(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
-    strategy = lim("strategy", _text(event, "strategy", "unknown"))
-    outcome = "failure" if getattr(event, "counted", True) else "ignored"
-    yield CALLS, (strategy, name, outcome), 1.0
-    duration = _number(event, "duration")
-    if duration is not None:
-        yield CALL_DURATION, (strategy, name), duration
+def _call_succeeded(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    return _call(event, name, lim, "success")
 
 
-def _rejected(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _call_failed(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    return _call(event, name, lim, "failure" if getattr(event, "counted", True) else "ignored")
+
+
+def _rejected(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     strategy = lim("strategy", _text(event, "strategy", "unknown"))
     reason = lim("reason", state_label(getattr(event, "state", None)))
-    yield REJECTIONS, (strategy, name, reason), 1.0
+    return [(REJECTIONS, (strategy, name, reason), 1.0)]
 
 
-def _fallback(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _fallback(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     strategy = lim("strategy", _text(event, "strategy", "fallback"))
     error = lim("error", error_label(getattr(event, "exception", None)))
-    yield FALLBACKS, (name, strategy, error), 1.0
+    return [(FALLBACKS, (name, strategy, error), 1.0)]
 
 
-def _timed_out(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _timed_out(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del event, lim
-    yield TIMEOUTS, (name,), 1.0
+    return [(TIMEOUTS, (name,), 1.0)]
 
 
-def _rolled_back(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _rolled_back(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     exc = getattr(event, "exception", None)
-    yield ROLLBACKS, (name, "none" if exc is None else lim("error", error_label(exc))), 1.0
+    return [(ROLLBACKS, (name, "none" if exc is None else lim("error", error_label(exc))), 1.0)]
 
 
-def _batch_item(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
-    yield BATCH_FAILURES, (name, lim("error", error_label(getattr(event, "exception", None)))), 1.0
+def _batch_item(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    error = lim("error", error_label(getattr(event, "exception", None)))
+    return [(BATCH_FAILURES, (name, error), 1.0)]
 
 
-def _bulkhead_waited(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _bulkhead_waited(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del lim
     waited = _number(event, "waited", "duration")
-    if waited is not None:
-        yield BULKHEAD_WAIT, (name,), waited
+    return [] if waited is None else [(BULKHEAD_WAIT, (name,), waited)]
 
 
-def _rate_delayed(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _rate_delayed(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del lim
     delay = _number(event, "delay", "duration")
-    if delay is not None:
-        yield RATE_LIMIT_DELAY, (name,), delay
+    return [] if delay is None else [(RATE_LIMIT_DELAY, (name,), delay)]
 
 
-def _checkpoint_saved(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _checkpoint_saved(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del lim
-    yield CHECKPOINT_SAVES, (name, "saved"), 1.0
+    out: list[Sample] = [(CHECKPOINT_SAVES, (name, "saved"), 1.0)]
     duration = _number(event, "duration", "seconds", "elapsed")
     if duration is not None:
-        yield CHECKPOINT_DURATION, (name,), duration
+        out.append((CHECKPOINT_DURATION, (name,), duration))
+    return out
 
 
-def _checkpoint_failed(event: object, name: str, lim: LabelLimiter) -> Iterator[Sample]:
+def _checkpoint_failed(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     del event, lim
-    yield CHECKPOINT_SAVES, (name, "failed"), 1.0
+    return [(CHECKPOINT_SAVES, (name, "failed"), 1.0)]
 
 
-Handler = Callable[[object, str, LabelLimiter], Iterator[Sample]]
+Handler = Callable[[object, str, LabelLimiter], list[Sample]]
 
 #: Event class name -> what it adds besides ``events_total``. A subclass of a
 #: listed class is handled as its nearest listed ancestor.
@@ -386,11 +386,10 @@ def handler_for(kind: type) -> Handler | None:
 def measure(event: object, limiter: LabelLimiter) -> list[Sample]:
     """Return the samples ``event`` adds: its own family's, then one ``events_total``."""
     kind = type(event)
-    name = limiter("name", _text(event, "name", "") or "unnamed")
-    samples: list[Sample] = []
+    raw = getattr(event, "name", None)
+    name = limiter("name", raw if isinstance(raw, str) and raw else "unnamed")
     handler = handler_for(kind)
-    if handler is not None:
-        samples.extend(handler(event, name, limiter))
+    samples = handler(event, name, limiter) if handler is not None else []
     samples.append((EVENTS, (limiter("event", kind.__name__), name), 1.0))
     return samples
 
