@@ -68,22 +68,15 @@ except ImportError as exc:  # pragma: no cover - exercised by the minimal instal
     msg = "recoverly.prometheus needs prometheus-client: pip install 'recoverly[prometheus]'"
     raise ImportError(msg) from exc
 
-import bisect
 import contextlib
-import itertools
 import logging
 import re
 import threading
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from recoverly import events
@@ -101,109 +94,41 @@ _STATES = tuple(s.value for s in CircuitState)
 _NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.CallFailed))
 
 
-class _Collector(Collector):
-    """Every recoverly family of one exporter, built from plain dictionaries at scrape time.
+class _BreakerStateCollector(Collector):
+    """Reports ``<ns>_circuit_breaker_state{name, state}`` at scrape time."""
 
-    Events update the dictionaries under one lock (one acquisition per event,
-    whatever the number of samples); a scrape copies them under the same lock
-    and builds the families outside it.
-    """
-
-    def __init__(self, namespace: str, limiter: telemetry.LabelLimiter, max_names: int) -> None:
-        self.namespace = namespace
-        self.limiter = limiter
-        self.states = telemetry.BreakerStates(max_names)
-        self.lock = threading.Lock()
-        #: family key -> label values -> value
-        self.counters: dict[str, dict[tuple[str, ...], float]] = {}
-        #: family key -> label values -> [count per bucket (last: +Inf)..., sum]
-        self.histograms: dict[str, dict[tuple[str, ...], list[float]]] = {}
-        for metric in telemetry.METRICS:
-            table = self.counters if metric.kind == "counter" else self.histograms
-            table[metric.key] = {}
-        self.errors = 0
-
-    def record(self, samples: list[telemetry.Sample]) -> None:
-        """Add ``samples`` (label values already capped: the tables stay bounded)."""
-        with self.lock:
-            for metric, labels, value in samples:
-                if metric.kind == "counter":
-                    table = self.counters[metric.key]
-                    table[labels] = table.get(labels, 0.0) + value
-                else:
-                    row = self.histograms[metric.key].get(labels)
-                    if row is None:
-                        row = self.histograms[metric.key][labels] = [0.0] * (
-                            len(metric.buckets) + 2
-                        )
-                    row[bisect.bisect_left(metric.buckets, value)] += 1
-                    row[-1] += value
+    def __init__(
+        self, name: str, known: telemetry.BreakerStates, limiter: telemetry.LabelLimiter
+    ) -> None:
+        self._name = name
+        self._known = known
+        self._limiter = limiter
 
     def describe(self) -> list[Metric]:
-        return list(self._families({}, {}, {}, 0))
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self._name,
+            telemetry.STATE_HELP,
+            labels=("name", "state"),
+        )
 
     def collect(self) -> Iterator[Metric]:
-        states = self.states.snapshot()
+        family = self._family()
+        states = self._known.snapshot()
         try:
             for name, breaker in breakers().items():
                 # Reading the state moves an OPEN breaker whose timeout passed to HALF_OPEN,
                 # exactly as a health check or the next call would.
-                states[self.limiter("name", name)] = breaker.state.value
+                states[self._limiter("name", name)] = breaker.state.value
         except Exception:  # a Redis-backed store may be unreachable: keep the event view
             _log.debug("could not read breaker states", exc_info=True)
-        with self.lock:
-            counters = {key: dict(table) for key, table in self.counters.items()}
-            histograms = {
-                key: {labels: list(row) for labels, row in table.items()}
-                for key, table in self.histograms.items()
-            }
-            errors = self.errors
-        families = self._families(counters, histograms, states, errors)
-        yield from families
-
-    def _families(
-        self,
-        counters: dict[str, dict[tuple[str, ...], float]],
-        histograms: dict[str, dict[tuple[str, ...], list[float]]],
-        states: dict[str, str],
-        errors: int,
-    ) -> Iterator[Metric]:
-        ns = self.namespace
-        for metric in telemetry.METRICS:
-            if metric.kind == "counter":
-                counter = CounterMetricFamily(
-                    f"{ns}_{metric.key}", metric.help, labels=metric.labels
-                )
-                for labels, value in sorted(counters.get(metric.key, {}).items()):
-                    counter.add_metric(labels, value)
-                yield counter
-                continue
-            histogram = HistogramMetricFamily(
-                f"{ns}_{metric.key}", metric.help, labels=metric.labels
-            )
-            bounds = [*(repr(float(b)) for b in metric.buckets), "+Inf"]
-            for labels, row in sorted(histograms.get(metric.key, {}).items()):
-                cumulative = list(itertools.accumulate(row[:-1]))
-                histogram.add_metric(labels, list(zip(bounds, cumulative, strict=True)), row[-1])
-            yield histogram
-        gauge = GaugeMetricFamily(
-            f"{ns}_circuit_breaker_state", telemetry.STATE_HELP, labels=("name", "state")
-        )
         for name in sorted(states):
+            current = states[name]
             for state in _STATES:
-                gauge.add_metric((name, state), 1.0 if state == states[name] else 0.0)
-        yield gauge
-        overflow = CounterMetricFamily(
-            f"{ns}_label_overflow", telemetry.OVERFLOW_HELP, labels=("label",)
-        )
-        for label, count in sorted(dict(self.limiter.overflowed).items()):
-            overflow.add_metric((label,), float(count))
-        yield overflow
-        yield CounterMetricFamily(
-            f"{ns}_exporter_errors",
-            "Events the exporter failed to record (it never raises into the call).",
-            value=float(errors),
-        )
+                family.add_metric((name, state), 1.0 if state == current else 0.0)
+        yield family
 
 
 class _Exporter:
@@ -224,19 +149,82 @@ class _Exporter:
         self.limiter = telemetry.LabelLimiter(
             max_names, {"name": max_names, "error": max_errors, **_FIXED_CAPS}
         )
-        self.collector = _Collector(namespace, self.limiter, max_names)
+        self.states = telemetry.BreakerStates(max_names)
         self._warned = False
-        registry.register(self.collector)
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self.families: dict[str, Counter | Histogram] = {}
+        self.collectors: list[Collector] = []
+        created: list[Collector] = []
+        try:
+            for metric in telemetry.METRICS:
+                family: Counter | Histogram
+                if metric.kind == "counter":
+                    family = Counter(
+                        metric.key, metric.help, metric.labels, namespace=namespace, registry=None
+                    )
+                else:
+                    family = Histogram(
+                        metric.key,
+                        metric.help,
+                        metric.labels,
+                        namespace=namespace,
+                        registry=None,
+                        buckets=metric.buckets,
+                    )
+                self.families[metric.key] = family
+                created.append(family)
+            self.overflow = Counter(
+                "label_overflow",
+                telemetry.OVERFLOW_HELP,
+                ("label",),
+                namespace=namespace,
+                registry=None,
+            )
+            self.errors = Counter(
+                "exporter_errors",
+                "Events the exporter failed to record (it never raises into the call).",
+                namespace=namespace,
+                registry=None,
+            )
+            created += [self.overflow, self.errors]
+            created.append(
+                _BreakerStateCollector(
+                    f"{namespace}_circuit_breaker_state", self.states, self.limiter
+                )
+            )
+            for collector in created:
+                registry.register(collector)
+                self.collectors.append(collector)
+        except Exception:
+            for collector in self.collectors:
+                registry.unregister(collector)
+            raise
 
     def __call__(self, event: object) -> None:
         """Record ``event``; never raises."""
         try:
-            self.collector.record(telemetry.measure(event, self.limiter))
+            limiter = self.limiter
+            before = dict(limiter.overflowed) if limiter.overflowed else None
+            children = self._children
+            for metric, labels, value in telemetry.measure(event, limiter):
+                child: Any = children.get((metric.key, labels))
+                if child is None:
+                    child = self.families[metric.key].labels(*labels)
+                    # Bounded: the label caps bound the distinct label tuples.
+                    children[metric.key, labels] = child
+                if metric.kind == "counter":
+                    child.inc(value)
+                else:
+                    child.observe(value)
             if telemetry.is_state_change(type(event)):
-                self.collector.states.update(event)
+                self.states.update(event)
+            if limiter.overflowed and limiter.overflowed != before:
+                for label, count in limiter.overflowed.items():
+                    grew = count - (before or {}).get(label, 0)
+                    if grew:
+                        self.overflow.labels(label).inc(grew)
         except Exception:
-            with self.collector.lock:
-                self.collector.errors += 1
+            self.errors.inc()
             if not self._warned:
                 self._warned = True
                 _log.exception("recoverly.prometheus could not record %r", event)
@@ -244,8 +232,9 @@ class _Exporter:
     def close(self) -> None:
         """Unsubscribe and remove the metrics from the registry."""
         events.unsubscribe(self)
-        with contextlib.suppress(KeyError):  # removed by hand already
-            self.registry.unregister(self.collector)
+        for collector in self.collectors:
+            with contextlib.suppress(KeyError):  # removed by hand already
+                self.registry.unregister(collector)
 
 
 _LOCK = threading.Lock()
