@@ -66,6 +66,7 @@ def test_feed_lists_runs_with_percent_and_checkpoint_history():
                 {"step": 20, "metrics": {}, "saved_at": "1970-01-01T00:00:00.000+00:00"},
             ],
             "resumes": 1,
+            "error": None,
         }
     ]
     assert data["runs_error"] is None
@@ -91,9 +92,10 @@ def test_feed_accepts_runs_shaped_like_the_service_model_view():
         "checkpoints": [{"step": 40, "metrics": {"loss": 1.6}}],
         "resumes": 2,
         "weights_sha256": None,
-        "error": None,
+        "error": "MemoryError: out of memory",
     }
     (run,) = get(app_with(lambda: [view]), "/dashboard/data").json()["runs"]
+    assert run["error"] == "MemoryError: out of memory"
     assert run["percent"] == 25.0
     assert run["step"] == 50
     assert run["epoch"] == 1

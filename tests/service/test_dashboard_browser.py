@@ -76,10 +76,14 @@ class LiveServer:
             time.sleep(0.01)
         return self
 
-    def __exit__(self, *exc):
+    def stop(self):
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+    def __exit__(self, *exc):
+        if self.thread.is_alive():
+            self.stop()
 
 
 class Runs:
@@ -113,6 +117,16 @@ class Runs:
                 checkpoints=[DashboardCheckpoint(s, {"loss": 0.3}) for s in (100, 200, 300, 400)],
             ),
             DashboardRun(4, "recsys-embeddings", "queued", total_steps=1000),
+            DashboardRun(
+                1,
+                "image-tagger",
+                "failed",
+                step=40,
+                total_steps=500,
+                checkpoints=[DashboardCheckpoint(25)],
+                resumes=3,
+                error="CrashLoopError: 3 restarts without progress",
+            ),
         ]
 
 
@@ -191,12 +205,18 @@ def test_dashboard_shows_progress_advancing_and_a_breaker_opening(tmp_path, cloc
             expect(page.locator('[data-retry="load_batch"]')).to_contain_text("2")
             expect(page.locator('[data-total="rejections"] .value')).to_have_text("1")
 
+            expect(page.locator('[data-run="1"] .run-error')).to_have_text(
+                "CrashLoopError: 3 restarts without progress"
+            )
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
+            server.stop()  # the page says so instead of showing stale data as live
+            expect(page.locator("#status")).to_contain_text("disconnected", timeout=10_000)
         finally:
             browser.close()
 
-    assert problems == []
+    # Only the failed polls after the server stopped may complain.
+    assert [p for p in problems if "ERR_CONNECTION_REFUSED" not in p] == []
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 20_000  # a rendered page, not a blank one

@@ -98,6 +98,7 @@ class DashboardRun:
         metrics: The newest metrics.
         checkpoints: Committed checkpoints, oldest first.
         resumes: How many times the run resumed from a checkpoint.
+        error: Why the run failed, if it did.
 
     .. versionadded:: 0.2
     """
@@ -111,6 +112,7 @@ class DashboardRun:
     metrics: Mapping[str, float] = field(default_factory=dict)
     checkpoints: Sequence[DashboardCheckpoint] = ()
     resumes: int = 0
+    error: str | None = None
 
 
 class RunsProvider(Protocol):
@@ -317,7 +319,7 @@ def _run_json(run: DashboardRun | Mapping[str, Any]) -> dict[str, Any]:
         ]
         step, total, epoch = run.step, run.total_steps, run.epoch
         ident, name, status = run.id, run.name, run.status
-        metrics, resumes = _metrics(run.metrics), run.resumes
+        metrics, resumes, error = _metrics(run.metrics), run.resumes, run.error
     else:
         progress = run.get("progress") or {}
         step = int(_number(progress.get("step", run.get("step"))))
@@ -328,6 +330,7 @@ def _run_json(run: DashboardRun | Mapping[str, Any]) -> dict[str, Any]:
         status = str(run.get("status") or progress.get("status") or "unknown")
         metrics = _metrics(progress.get("metrics") or run.get("metrics"))
         resumes = int(_number(run.get("resumes")))
+        error = run.get("error")
         checkpoints = [
             {
                 "step": int(_number(c.get("step"))),
@@ -353,6 +356,7 @@ def _run_json(run: DashboardRun | Mapping[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "checkpoints": checkpoints,
         "resumes": resumes,
+        "error": str(error)[:_MAX_ERROR] if error else None,
     }
 
 

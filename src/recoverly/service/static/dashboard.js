@@ -73,7 +73,8 @@
       const stepText = run.total_steps ? `${run.step} / ${run.total_steps}` : String(run.step);
       return el("tr", { "data-run": run.id }, [
         el("td", {}, [el("div", { text: run.name || `run ${run.id}` }),
-          el("div", { class: "stats", text: fmtMetrics(run.metrics) })]),
+          el("div", { class: "stats", text: fmtMetrics(run.metrics) }),
+          run.error ? el("div", { class: "run-error", text: run.error }) : el("span")]),
         el("td", {}, [el("span", { class: `badge ${token(run.status)}`, text: run.status })]),
         el("td", {}, [bar]),
         el("td", { text: stepText }),
