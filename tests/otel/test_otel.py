@@ -204,7 +204,7 @@ def test_uninstall_stops_recording(otel):
     recoverly.retry(2, 0.0, name="f")(flaky(1))()
     otel.handle.uninstall()
     otel.handle.uninstall()
-    assert otel.handle not in events.subscribers()
+    assert otel.handle._exporter not in events.subscribers()
     recoverly.retry(2, 0.0, name="f")(flaky(1))()
     assert otel.point("recoverly.retries", name="f", error="ConnectionError") == 1
     assert not otel.handle.installed
@@ -277,6 +277,31 @@ def test_state_gauge_reports_nothing_after_uninstall(clock):
         assert states[frozenset({"name": "gauge-check", "state": "closed"}.items())] == 1
         t.handle.uninstall()
         assert t.points("recoverly.circuit_breaker_state") == {}
+        assert keep.state is recoverly.CircuitState.CLOSED
+    finally:
+        t.close()
+
+
+def test_installing_twice_on_one_meter_provider_shares_one_subscriber(clock):
+    """Two installs count once; the last uninstall stops it; installing again revives the gauge."""
+    t = Telemetry()
+    try:
+        second = ro.install(t.meters, t.tracers)
+        recoverly.retry(2, 0.0, name="f")(flaky(1))()
+        assert t.point("recoverly.retries", name="f", error="ConnectionError") == 1
+        t.handle.uninstall()
+        assert second.installed
+        recoverly.retry(2, 0.0, name="f")(flaky(1))()
+        assert t.point("recoverly.retries", name="f", error="ConnectionError") == 2
+        second.uninstall()
+        keep = CircuitBreaker(name="revived", clock=clock)
+        assert t.points("recoverly.circuit_breaker_state") == {}
+        third = ro.install(t.meters, t.tracers)
+        states = t.points("recoverly.circuit_breaker_state")
+        assert states[frozenset({"name": "revived", "state": "closed"}.items())] == 1
+        with pytest.raises(ValueError, match="already installed"):
+            ro.install(t.meters, t.tracers, calls=False)
+        third.uninstall()
         assert keep.state is recoverly.CircuitState.CLOSED
     finally:
         t.close()

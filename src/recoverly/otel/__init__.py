@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the minimal instal
 
 import dataclasses
 import enum
+import functools
 import logging
 import re
 import threading
@@ -123,8 +124,14 @@ class _Exporter:
         tracer_provider: TracerProvider | None,
         max_names: int,
         max_errors: int,
+        calls: bool,
     ) -> None:
         from recoverly import __version__  # noqa: PLC0415 - lazy metadata lookup
+
+        # The providers are kept so that their ids (the keys of _INSTALLED) stay theirs.
+        self.providers = (meter_provider, tracer_provider)
+        self.settings = (id(tracer_provider), max_names, max_errors, bool(calls))
+        self.users = 0
 
         meter = metrics.get_meter("recoverly", __version__, meter_provider)
         self.tracer = trace.get_tracer("recoverly", __version__, tracer_provider)
@@ -132,7 +139,6 @@ class _Exporter:
             max_names, {"name": max_names, "error": max_errors, **_FIXED_CAPS}
         )
         self.states = telemetry.BreakerStates(max_names)
-        self.active = True
         self._warned = False
         self.instruments: dict[str, Any] = {}
         for metric in telemetry.METRICS:
@@ -151,19 +157,19 @@ class _Exporter:
             "recoverly.label_overflow",
             description=telemetry.OVERFLOW_HELP,
         )
+        # A meter keeps the first callback of an instrument name: this one asks
+        # whichever exporter is installed on the meter provider now.
         meter.create_observable_gauge(
             "recoverly.circuit_breaker_state",
-            callbacks=[self._observe_states],
+            callbacks=[functools.partial(_observe_states, id(meter_provider))],
             description=telemetry.STATE_HELP,
         )
         self._kinds: dict[type, tuple[str, bool, bool]] = {}
         self._attributes: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         self._kinds_lock = threading.Lock()
 
-    def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
-        del options
-        if not self.active:
-            return []
+    def observe_states(self) -> list[Observation]:
+        """Return one observation per breaker and state (1 for the current one)."""
         states = self.states.snapshot()
         try:
             for name, breaker in breakers().items():
@@ -227,38 +233,61 @@ class _Exporter:
                 orphan.add_event(span_name, span_attributes(event))
 
 
+def _observe_states(key: int, options: CallbackOptions) -> Iterable[Observation]:
+    del options
+    exporter = _INSTALLED.get(key)
+    return [] if exporter is None else exporter.observe_states()
+
+
+_LOCK = threading.Lock()
+#: id(meter provider) (that of ``None`` for the global one) -> its exporter.
+_INSTALLED: dict[int, _Exporter] = {}
+
+
 class OtelExporter:
     """The handle :func:`install` returns; :meth:`uninstall` stops recording.
+
+    Installing twice on the same meter provider shares one subscriber;
+    recording stops when the last handle is uninstalled.
 
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_exporter",)
+    __slots__ = ("_exporter", "_installed")
 
     def __init__(self, exporter: _Exporter) -> None:
         self._exporter = exporter
+        self._installed = True
 
     @property
     def installed(self) -> bool:
-        """Whether events are still being recorded.
+        """Whether this handle is still installed.
 
         .. versionadded:: 0.2
         """
-        return self._exporter.active
+        return self._installed
 
     def uninstall(self) -> None:
-        """Unsubscribe from the event stream; the state gauge stops reporting.
+        """Release this handle; the last one unsubscribes and the state gauge goes quiet.
 
         OpenTelemetry instruments cannot be removed from a meter; they simply
         stop receiving measurements. Calling it again does nothing.
 
         .. versionadded:: 0.2
         """
-        self._exporter.active = False
-        events.unsubscribe(self._exporter)
+        with _LOCK:
+            if not self._installed:
+                return
+            self._installed = False
+            exporter = self._exporter
+            exporter.users -= 1
+            if exporter.users:
+                return
+            _INSTALLED.pop(id(exporter.providers[0]), None)
+        events.unsubscribe(exporter)
 
     def __repr__(self) -> str:
-        state = "installed" if self.installed else "uninstalled"
+        state = "installed" if self._installed else "uninstalled"
         return f"<OtelExporter {state}>"
 
 
@@ -286,7 +315,8 @@ def install(
         A handle whose :meth:`~OtelExporter.uninstall` stops recording.
 
     Raises:
-        ValueError: A cap is below 1.
+        ValueError: A cap is below 1, or the exporter is already installed on
+            this meter provider with other settings.
 
     .. versionadded:: 0.2
     """
@@ -294,6 +324,21 @@ def install(
     max_names = p.int_at_least("max_names", max_names, 1)
     max_errors = p.int_at_least("max_errors", max_errors, 1)
     p.raise_if_any()
-    exporter = _Exporter(meter_provider, tracer_provider, max_names, max_errors)
-    events.subscribe(exporter, events.Event if calls else _NOT_PER_CALL)
-    return OtelExporter(exporter)
+    key = id(meter_provider)
+    settings = (id(tracer_provider), max_names, max_errors, bool(calls))
+    with _LOCK:
+        exporter = _INSTALLED.get(key)
+        if exporter is None:
+            exporter = _Exporter(meter_provider, tracer_provider, max_names, max_errors, calls)
+            _INSTALLED[key] = exporter
+        elif exporter.settings != settings:
+            msg = (
+                "recoverly.otel is already installed on this meter provider with another "
+                "tracer provider or other caps; uninstall it first"
+            )
+            raise ValueError(msg)
+        if exporter not in events.subscribers():
+            # Subscribed again if somebody cleared the bus (test isolation does).
+            events.subscribe(exporter, events.Event if calls else _NOT_PER_CALL)
+        exporter.users += 1
+        return OtelExporter(exporter)
