@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "MAX_VALUE_LENGTH",
     "METRICS",
     "OTHER",
+    "OVERFLOW_HELP",
+    "STATE_HELP",
+    "BreakerStates",
     "LabelLimiter",
     "Metric",
     "Sample",
+    "all_but",
+    "error_label",
+    "handler_for",
+    "is_state_change",
     "measure",
     "state_label",
 ]
