@@ -14,13 +14,18 @@ Two measurements, in one process:
    ``POST /predict`` with one row. Cases, interleaved over the repeats:
 
    * ``CLOSED``: ``/predict`` with the full recovery stack; the external predictor answers;
-   * ``bare``: ``/predict-bare``, the same external call with no fallback, retry,
-     breaker or timeout (added by this benchmark to the same app);
+   * ``bare``: ``/predict-bare``, the same endpoint (same body validation, model
+     lookup and response) calling the predictor with no fallback, retry, breaker or
+     timeout (added by this benchmark to the same app);
    * ``OPEN``: ``/predict`` with the breaker forced open: the local model answers;
-   * ``local bare``: ``/predict-local``, the local model called directly.
+   * ``local bare``: ``/predict-local``, the same endpoint answering from the local
+     model directly.
 
    Throughput is requests per second with ``--clients`` concurrent clients; latency
-   percentiles come from a sequential client (one request at a time).
+   percentiles come from a sequential client (one request at a time). Every client
+   sets ``TCP_NODELAY``, as the service's own client to the predictor does: without
+   it, httpx's separate header and body writes meet Nagle's algorithm and delayed
+   ACKs, and every request on loopback takes ~40 ms.
 
 2. **The stack alone, in process.** ``Predictor.answer`` (fallback -> retry ->
    breaker -> timeout -> httpx) against ``Predictor._post`` (httpx alone), both on
@@ -52,13 +57,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from _harness import Case, measure, write_section
 from recoverly.service.app import create_app
 from recoverly.service.model import SoftmaxModel
-from recoverly.service.predictor import Predictor
+from recoverly.service.predictor import NO_DELAY, Predictor
 from recoverly.service.predictor_server import PredictorServer
+from recoverly.service.schemas import PredictRequest, PredictResponse
 from recoverly.service.serving import BackgroundServer
 from recoverly.service.settings import Settings
 
@@ -67,31 +73,53 @@ ROW = {"features": [[0.5, -1.0, 2.0, 0.0, 1.0, -0.5, 0.25, 3.0]]}
 TRAIN = {"name": "bench", "n_samples": 1000, "epochs": 2, "seed": 1}
 
 
+def _transport() -> httpx.HTTPTransport:
+    return httpx.HTTPTransport(socket_options=NO_DELAY)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _add_bare_routes(app: Any) -> None:
+    """Add the two endpoints the stack is compared with: /predict minus the stack."""
     service = app.state.service
 
+    async def lookup(request: PredictRequest) -> tuple[list[list[float]], Any, int | None]:
+        model_id = await run_in_threadpool(service.newest_model_id)
+        model = await run_in_threadpool(service.models.get, model_id) if model_id else None
+        return request.features, model, model_id
+
     @app.post("/predict-bare")
-    async def predict_bare(body: dict[str, Any]) -> JSONResponse:
-        rows = body["features"]
-        predictions = await service.predictor._post(rows, None)
-        return JSONResponse({"predictions": predictions, "source": "external"})
+    async def predict_bare(request: PredictRequest) -> PredictResponse:
+        rows, _model, model_id = await lookup(request)
+        predictions = await service.predictor._post(rows, model_id)
+        breaker = "CLOSED"
+        return PredictResponse(
+            predictions=predictions,
+            source="external",
+            reason=None,
+            model_id=model_id,
+            breaker=breaker,
+        )
 
     @app.post("/predict-local")
-    def predict_local(body: dict[str, Any]) -> JSONResponse:
-        model_id = service.store.newest_completed()
-        model = service.models.get(model_id)
-        predictions = model.predict(np.asarray(body["features"], dtype=np.float64))
-        return JSONResponse({"predictions": predictions, "source": "local"})
+    async def predict_local(request: PredictRequest) -> PredictResponse:
+        rows, model, model_id = await lookup(request)
+        predictions = model.predict(np.asarray(rows, dtype=np.float64))
+        return PredictResponse(
+            predictions=predictions,
+            source="local",
+            reason="bare",
+            model_id=model_id,
+            breaker="OPEN",
+        )
 
 
 def _sequential(url: str, path: str, n: int) -> list[float]:
     out = []
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, transport=_transport()) as client:
         client.post(path, json=ROW).raise_for_status()  # warm the connection
         for _ in range(n):
             t0 = time.perf_counter()
@@ -109,7 +137,7 @@ def _throughput(url: str, path: str, n: int, clients: int) -> float:
     errors: list[str] = []
 
     def work() -> None:
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=10, transport=_transport()) as client:
             client.post(path, json=ROW)
             clients_ready.wait()
             for _ in range(per_client):

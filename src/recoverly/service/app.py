@@ -231,7 +231,7 @@ def _serving_routes(app: FastAPI, service: Service) -> None:
         """Predict with the external predictor; the local model answers when it fails."""
         model_id = request.model_id
         if model_id is None:
-            model_id = await run_in_threadpool(service.store.newest_completed)
+            model_id = await run_in_threadpool(service.newest_model_id)
         model = await run_in_threadpool(service.models.get, model_id) if model_id else None
         if request.model_id is not None and model is None:
             raise HTTPException(404, f"no completed model with id {request.model_id}")

@@ -38,7 +38,7 @@ from recoverly.service.app import create_app
 from recoverly.service.demo_display import Display
 from recoverly.service.faults import DATA, DB, KILL, FaultInjector, FaultPlan
 from recoverly.service.jobs import fit, total_steps
-from recoverly.service.predictor import BREAKER_NAME
+from recoverly.service.predictor import BREAKER_NAME, NO_DELAY
 from recoverly.service.predictor_server import PredictorServer
 from recoverly.service.schemas import TrainConfig
 from recoverly.service.serving import BackgroundServer
@@ -150,7 +150,11 @@ class _Demo:
             self.server = BackgroundServer(self.app, port=port)
         except OSError:  # the port is taken: any free one will do
             self.server = BackgroundServer(self.app)
-        self.client = httpx.Client(base_url=self.server.url, timeout=30)
+        self.client = httpx.Client(
+            base_url=self.server.url,
+            timeout=30,
+            transport=httpx.HTTPTransport(socket_options=NO_DELAY),
+        )
         self.report = DemoReport(
             url=self.server.url, reference_sha256=self.reference.model.weights_hash()
         )

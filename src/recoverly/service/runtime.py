@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from recoverly._core.clock import SystemClock
 from recoverly._core.registry import REGISTRY
 from recoverly.circuit_breaker import KIND as BREAKER_KIND
 from recoverly.db import ConnectionPoolMonitor
@@ -22,6 +23,9 @@ from recoverly.stores import BreakerStore
 __all__ = ["Service"]
 
 _log = logging.getLogger("recoverly.service")
+_REAL_CLOCK = SystemClock()
+#: Seconds the newest completed run id is cached for /predict.
+_NEWEST_TTL = 1.0
 
 
 def _breaker_store(settings: Settings) -> BreakerStore | None:
@@ -94,6 +98,22 @@ class Service:
             clock=clock,
         )
         self.started = False
+        self._newest: tuple[int, float] | None = None
+
+    def newest_model_id(self) -> int | None:
+        """Return the id of the newest completed run (cached for a second; ``None``: none yet).
+
+        ``/predict`` asks on every call; the cache spares it a database round trip,
+        at the price of answering with the previous model for up to a second.
+        """
+        now = _REAL_CLOCK.monotonic()
+        cached = self._newest
+        if cached is not None and now - cached[1] < _NEWEST_TTL:
+            return cached[0]
+        found = self.store.newest_completed()
+        if found is not None:
+            self._newest = (found, now)
+        return found
 
     def _default_worker(self) -> Worker:
         if self.settings.broker_url is not None:

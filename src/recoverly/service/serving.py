@@ -34,7 +34,10 @@ class BackgroundServer:
     def __init__(
         self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
     ) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only
+        # when the listening socket says TCP; without it every response waits ~40 ms for
+        # a delayed ACK (Nagle's algorithm).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False)
