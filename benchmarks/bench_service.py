@@ -209,8 +209,8 @@ def end_to_end(requests: int, repeats: int, clients: int) -> dict[str, dict[str,
     }
 
 
-def in_process(repeats: int) -> tuple[float, float]:
-    """Return (ns per call of the stack, ns per call of httpx alone) against a mock transport."""
+def in_process(repeats: int) -> dict[str, float]:
+    """Return ns per call of the stack and of its parts, against a mock transport."""
     body = json.dumps({"predictions": [1]}).encode()
 
     def handler(_request: httpx.Request) -> httpx.Response:
@@ -220,43 +220,52 @@ def in_process(repeats: int) -> tuple[float, float]:
     predictor = Predictor("http://predictor", client=client, timeout_seconds=5.0)
     rows = ROW["features"]
     model = SoftmaxModel(8, 3)
+    one_row = np.asarray(rows, dtype=np.float64)
 
-    async def stack(n: int) -> None:
-        for _ in range(n):
-            await predictor.answer(rows, model, 1)
-
-    async def bare(n: int) -> None:
-        for _ in range(n):
-            await predictor._post(rows, 1)
-
-    async def probe_stack() -> object:
+    async def stack() -> object:
         return (await predictor.answer(rows, model, 1)).predictions
 
-    async def probe_bare() -> object:
+    async def bare() -> object:
         return await predictor._post(rows, 1)
 
-    results = measure(
-        [
-            Case(
-                "stack",
-                "service",
-                "fallback+retry+breaker+timeout+httpx",
-                stack,
-                probe_stack,
-                [1],
-                is_async=True,
-            ),
-            Case("bare", "service", "httpx alone", bare, probe_bare, [1], is_async=True),
-        ],
-        repeats=repeats,
-        target_ms=150,
-    )
+    async def local() -> object:
+        return model.predict(one_row)
+
+    def runner(call: Any) -> Any:
+        async def run(n: int) -> None:
+            for _ in range(n):
+                await call()
+
+        return run
+
+    def opened() -> None:
+        predictor.breaker.force_open()
+
+    cases = [
+        Case("closed", "service", "stack, CLOSED", runner(stack), stack, [1], is_async=True),
+        Case("bare", "service", "httpx alone", runner(bare), bare, [1], is_async=True),
+        Case(
+            "open",
+            "service",
+            "stack, OPEN (fallback)",
+            runner(stack),
+            stack,
+            [0],
+            is_async=True,
+            setup=opened,
+            teardown=predictor.breaker.reset,
+        ),
+        Case("local", "service", "local model alone", runner(local), local, [0], is_async=True),
+    ]
+    results = measure(cases, repeats=repeats, target_ms=150)
     asyncio.run(client.aclose())
-    return results["stack"].median, results["bare"].median
+    return {key: result.median for key, result in results.items()}
 
 
-def render(e2e: dict[str, dict[str, float]], stack_ns: float, bare_ns: float, args: Any) -> str:
+def render(e2e: dict[str, dict[str, float]], parts: dict[str, float], args: Any) -> str:
+    stack_ns, bare_ns = parts["closed"], parts["bare"]
     overhead_us = (stack_ns - bare_ns) / 1e3
+    open_us = (parts["open"] - parts["local"]) / 1e3
     bare_p50_us = e2e["bare"]["p50_ms"] * 1e3
     e2e_diff_us = (e2e["CLOSED"]["p50_ms"] - e2e["bare"]["p50_ms"]) * 1e3
     verdict = "PASS" if overhead_us < 0.05 * bare_p50_us else "MISS"
@@ -289,6 +298,11 @@ def render(e2e: dict[str, dict[str, float]], stack_ns: float, bare_ns: float, ar
             f" call vs {bare_ns / 1e3:.1f} us for httpx alone: **{overhead_us:.1f} us overhead**"
         ),
         (
+            f"- OPEN, in process: {parts['open'] / 1e3:.1f} us per fallback answer vs"
+            f" {parts['local'] / 1e3:.1f} us for the local model alone: {open_us:.1f} us for the"
+            " rejection, the fallback and its event"
+        ),
+        (
             f"- {verdict}  stack overhead < 5 % of the bare endpoint's p50: {overhead_us:.1f} us"
             f" = {100 * overhead_us / bare_p50_us:.2f} % of {bare_p50_us:.0f} us"
             f" (end-to-end p50 difference, noisier: {e2e_diff_us:+.0f} us)"
@@ -306,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("recoverly").setLevel(logging.CRITICAL)  # the OPEN case logs every fallback
     e2e = end_to_end(args.requests, args.repeats, args.clients)
-    stack_ns, bare_ns = in_process(args.repeats)
-    section = render(e2e, stack_ns, bare_ns, args)
+    parts = in_process(args.repeats)
+    section = render(e2e, parts, args)
     print(section)
     if args.write:
         write_section(RESULTS, "service", section)
