@@ -162,3 +162,30 @@ def test_torch_model_optimizer_scheduler_resume_bit_exact_in_process(tmp_path):
         with pytest.raises(Boom):
             train(tmp_path / "run", crash_at)
     assert train(tmp_path / "run") == reference
+
+
+@needs_torch
+def test_dataloader_with_its_own_generator_resumes_when_the_generator_is_registered(tmp_path):
+    """DataLoader(generator=g): registering g makes a mid-epoch resume see the same order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    def order(directory, crash_at=None):
+        gen = torch.Generator().manual_seed(0)
+        loader = DataLoader(list(range(30)), batch_size=3, shuffle=True, generator=gen)
+        seen: list[list[int]] = []
+        run = ResumableRun(directory, checkpoint_every=2, preemption=False)
+        run.register("loader_generator", gen)
+        with run:
+            for _epoch in run.epochs(2):
+                for batch in run.batches(loader):
+                    seen.append(batch.tolist())
+                    if run.step + 1 == crash_at:
+                        raise Boom
+                    run.step_done()
+        return seen
+
+    full = order(tmp_path / "ref")
+    with pytest.raises(Boom):
+        order(tmp_path / "run", crash_at=15)
+    assert order(tmp_path / "run") == full[14:]

@@ -100,3 +100,27 @@ def test_pid_alive_tells_dead_from_living_processes():
     assert pid_alive(os.getpid())
     assert not pid_alive(int(done.stdout))
     assert not pid_alive(0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_lower_thread_priority_affects_only_the_calling_thread():
+    """The background writer's nice value rises by 10; the caller's stays."""
+    import threading
+
+    from recoverly.training._atomic import lower_thread_priority
+
+    seen = {}
+
+    def worker():
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        lower_thread_priority()
+        seen["delta"] = os.getpriority(os.PRIO_PROCESS, tid) - before
+        seen["before"] = before
+
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["delta"] == min(10, 19 - seen["before"])
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before

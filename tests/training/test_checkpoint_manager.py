@@ -290,13 +290,15 @@ def test_async_saves_run_one_at_a_time(tmp_path):
     assert [i.step for i in mgr.list()] == list(range(6))
 
 
-def test_async_error_surfaces_on_the_next_call(tmp_path, clock):
+def test_async_error_surfaces_on_the_next_call(tmp_path, clock, caplog):
     """An error raised in the background is raised by the next save, and only once."""
     store = FlakyStore(tmp_path, [errno.ENOSPC])
     mgr = CheckpointManager(store, async_save=True, clock=clock)
-    mgr.save(1, state_for(1))  # returns; fails in the background
-    with pytest.raises(OSError, match="No space left") as info:
-        mgr.save(2, state_for(2))
+    with caplog.at_level("WARNING", logger="recoverly.training"):
+        mgr.save(1, state_for(1))  # returns; fails in the background
+        with pytest.raises(OSError, match="No space left") as info:
+            mgr.save(2, state_for(2))
+    assert "background save of step 1 failed" in caplog.text
     assert info.value.errno == errno.ENOSPC
     assert mgr.list() == []  # the failing call did not start a save of step 2
     mgr.save(3, state_for(3))
@@ -355,3 +357,41 @@ def test_numpy_checkpoints_do_not_import_torch(tmp_path):
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_async_snapshots_reuse_the_previous_buffers_without_mixing_states(tmp_path):
+    """The second snapshot copies into the first one's buffer; each checkpoint keeps its data."""
+    gate = threading.Event()
+    store = FlakyStore(tmp_path, [], gate=gate)
+    mgr = CheckpointManager(store, async_save=True, keep_last=None)
+    weights = np.zeros(1000)
+    gate.set()
+    mgr.save(1, {"w": weights})
+    mgr.wait()
+    buffer = mgr._spare.arrays[0]
+    gate.clear()
+    weights += 1
+    mgr.save(2, {"w": weights})
+    weights += 1  # not seen by checkpoint 2
+    gate.set()
+    mgr.wait()
+    assert mgr._spare.arrays[0] is buffer
+    assert not mgr.load(1).state["w"].any()
+    assert (mgr.load(2).state["w"] == 1).all()
+
+
+def test_saves_from_several_threads_never_overlap(tmp_path):
+    """Concurrent save() calls from four threads run one at a time; every one is committed."""
+    store = FlakyStore(tmp_path, [])
+    mgr = CheckpointManager(store, async_save=True, keep_last=None)
+    threads = [
+        threading.Thread(target=lambda i=i: [mgr.save(i * 10 + k, state_for(k)) for k in range(3)])
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mgr.close()
+    assert store.max_active == 1
+    assert len(mgr.list()) == 12

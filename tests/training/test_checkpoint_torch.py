@@ -169,3 +169,62 @@ def test_an_undeclared_pickle_payload_is_refused_without_running_it(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="does not declare"):
         mgr.load_latest()
     assert not marker.exists()
+
+
+def test_tensor_file_is_a_standard_safetensors_file(tmp_path):
+    """safetensors.torch.load_file reads the tensors recoverly wrote, bit-exactly."""
+    from safetensors.torch import load_file
+
+    model, _ = trained()
+    state = {"model": model.state_dict(), "half": torch.ones(3, dtype=torch.bfloat16)}
+    CheckpointManager(tmp_path).save(1, state)
+    loaded = load_file(tmp_path / "step-000000000001" / "tensors.safetensors")
+    originals = [*state["model"].values(), state["half"]]
+    assert len(loaded) == len(originals)
+    for got in loaded.values():
+        assert any(bits(got) == bits(t) for t in originals)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header"])
+def test_damaged_tensor_file_falls_back_with_a_warning(tmp_path, caplog, damage):
+    """A truncated, altered or garbled tensors.safetensors is skipped for the previous step."""
+    mgr = CheckpointManager(tmp_path, keep_last=None)
+    mgr.save(1, {"w": torch.zeros(1000)})
+    mgr.save(2, {"w": torch.ones(1000)})
+    path = tmp_path / "step-000000000002" / "tensors.safetensors"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[-10] ^= 0xFF
+    else:
+        data[10:20] = b"#" * 10
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="recoverly.training"):
+        ckpt = mgr.load_latest()
+    assert ckpt.step == 1
+    assert not ckpt.state["w"].any()
+    assert "tensors.safetensors" in caplog.text
+    assert "skipping checkpoint" in caplog.text
+
+
+def test_tensor_dtypes_without_a_safetensors_name_are_refused(tmp_path):
+    """A complex tensor raises TypeError naming it instead of being pickled silently."""
+    with pytest.raises(TypeError, match=r"state\['z'\] is a tensor of torch.complex64"):
+        CheckpointManager(tmp_path).save(1, {"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_async_tensor_snapshots_are_isolated_and_reuse_buffers(tmp_path):
+    """Async saves copy tensors (reusing the last snapshot's); later updates do not leak in."""
+    mgr = CheckpointManager(tmp_path, async_save=True, keep_last=None)
+    weights = torch.zeros(1000)
+    for step in range(3):
+        mgr.save(step, {"w": weights})
+        weights += 1  # may run while the write is in flight
+    mgr.wait()
+    reused = mgr._spare.tensors["0"]
+    mgr.save(3, {"w": weights})
+    mgr.close()
+    assert mgr._spare.tensors["0"] is reused
+    for step in range(4):
+        assert torch.equal(mgr.load(step).state["w"], torch.full((1000,), float(step)))

@@ -99,7 +99,7 @@ states = st.recursive(
 
 
 @given(st.dictionaries(st.text(), states, max_size=5))
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 def test_random_states_round_trip_through_json_exactly(state):
     """Nested tuples, int keys, big ints, nan/-0.0, bytes and arrays come back bit-exact."""
     same(state, through_json(state))

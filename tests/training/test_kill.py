@@ -64,7 +64,9 @@ def sgd_reference(sgd: Launcher, tmp_path_factory: pytest.TempPathFactory) -> tu
     return _sha(base / "final.bin"), time.monotonic() - started
 
 
-def _chaos(launcher: Launcher, base: Path, seconds: float, seed: int) -> dict[str, object]:
+def _chaos(
+    launcher: Launcher, base: Path, seconds: float, seed: int, extra: dict[str, str] | None = None
+) -> dict[str, object]:
     """Kill attempts until KILLS of them died by SIGKILL, then let one finish."""
     rnd = random.Random(seed)
     base.mkdir(parents=True, exist_ok=True)
@@ -73,13 +75,16 @@ def _chaos(launcher: Launcher, base: Path, seconds: float, seed: int) -> dict[st
     recorded: list[int] = []  # killed attempts whose journal record was committed
     io_kills = timed_kills = 0
     for _ in range(4 * KILLS):
-        env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_NO_CRASH_LOOP": "1"}
+        env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_NO_CRASH_LOOP": "1", **(extra or {})}
         mode = "finish" if len(killed) >= KILLS else rnd.choice(["io", "timed"])
         if mode == "io":
             env["RECOVERLY_KILL_AT_IO"] = str(rnd.randint(1, 30))
         pid = launcher.start(run_dir, out, env)
-        if mode == "timed":
-            time.sleep(rnd.uniform(0.02, 0.3 * seconds))
+        if mode == "timed":  # once this attempt is training, after a random delay
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(p == pid for p, _ in _steps(log)):
+                time.sleep(0.002)
+            time.sleep(rnd.uniform(0.0, 0.15 * seconds))
             launcher.kill(pid)
         status = launcher.wait(pid)
         if status == 0:
@@ -139,18 +144,60 @@ def test_sgd_and_numpy_resume_byte_identical_after_sigkills(sgd, sgd_reference, 
     _check("sklearn+numpy", result, reference)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
-def test_torch_mlp_with_workers_resumes_byte_identical_after_sigkills(tmp_path):
-    """A PyTorch MLP (DataLoader num_workers=2, dropout, accumulation): same final bytes."""
+def test_async_saves_resume_byte_identical_after_sigkills(sgd, sgd_reference, tmp_path):
+    """The same program with async_save=True: kills during background writes change nothing."""
+    reference, seconds = sgd_reference
+    result = _chaos(sgd, tmp_path, seconds, seed=10, extra={"RECOVERLY_ASYNC_SAVE": "1"})
+    _check("sklearn+numpy, async saves", result, reference)
+
+
+@pytest.fixture(scope="module")
+def torch_launcher() -> Iterator[Launcher]:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed")
     launcher = Launcher("train_torch")
-    try:
-        started = time.monotonic()
-        assert launcher.run(tmp_path / "ref", tmp_path / "ref.bin") == 0
-        seconds = time.monotonic() - started
-        result = _chaos(launcher, tmp_path / "chaos", seconds, seed=7)
-        _check("torch", result, _sha(tmp_path / "ref.bin"))
-    finally:
-        launcher.close()
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def torch_reference(
+    torch_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, float]:
+    base = tmp_path_factory.mktemp("torch-reference")
+    started = time.monotonic()
+    assert torch_launcher.run(base / "run", base / "final.bin") == 0
+    return _sha(base / "final.bin"), time.monotonic() - started
+
+
+def test_torch_mlp_with_workers_resumes_byte_identical_after_sigkills(
+    torch_launcher, torch_reference, tmp_path
+):
+    """A PyTorch MLP (DataLoader num_workers=2, dropout, accumulation): same final bytes."""
+    reference, seconds = torch_reference
+    result = _chaos(torch_launcher, tmp_path, seconds, seed=7)
+    _check("torch", result, reference)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers(
+    torch_launcher, torch_reference, tmp_path
+):
+    """SIGTERM to the trainer and its DataLoader workers: exit 75, then an identical finish."""
+    reference, _ = torch_reference
+    run_dir, out, log = tmp_path / "run", tmp_path / "final.bin", tmp_path / "steps.log"
+    env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_STEP_SLEEP": "0.05"}
+    pid = torch_launcher.start(run_dir, out, env)
+    deadline = time.monotonic() + 30
+    while len(_steps(log)) < 7 and time.monotonic() < deadline:  # inside the second epoch
+        time.sleep(0.005)
+    Launcher.kill(pid, signal.SIGTERM, group=True)
+    status = torch_launcher.wait(pid)
+    journal = _journal(run_dir)
+    print(f"\n[sigterm torch] exit={status} counts={journal['counts']}")  # noqa: T201
+    assert status == PREEMPTED_EXIT_CODE
+    assert journal["counts"] == {"crashed": 0, "finished": 0, "preempted": 1}
+    assert torch_launcher.run(run_dir, out, {"RECOVERLY_STEP_LOG": str(log)}) == 0
+    assert _sha(out) == reference
 
 
 def test_sigterm_saves_exits_with_the_preemption_code_and_resumes(sgd, sgd_reference, tmp_path):
@@ -187,3 +234,20 @@ def test_sigterm_saves_exits_with_the_preemption_code_and_resumes(sgd, sgd_refer
     assert journal["counts"] == {"crashed": 0, "finished": 1, "preempted": 1}
     assert journal["attempts"][-1]["start_step"] == stopped_at
     assert _sha(out) == reference
+
+
+def test_processes_crashing_at_the_same_step_are_refused(sgd, tmp_path):
+    """Four processes crash at step 10; the fifth is refused with CrashLoopError before step 1."""
+    run_dir, out, log = tmp_path / "run", tmp_path / "final.bin", tmp_path / "steps.log"
+    env = {"RECOVERLY_STEP_LOG": str(log), "RECOVERLY_CRASH_AT": "10"}
+    statuses = [sgd.run(run_dir, out, env) for _ in range(5)]
+    journal = _journal(run_dir)
+    assert statuses == [1, 1, 1, 1, 1]
+    assert [a["outcome"] for a in journal["attempts"]] == ["crashed"] * 4
+    assert all("deliberate crash at step 10" in a["reason"] for a in journal["attempts"])
+    assert [a["start_step"] for a in journal["attempts"]] == [0, 8, 8, 8]
+    assert len({pid for pid, _ in _steps(log)}) == 4  # the refused process ran no step
+    error = Path(f"{out}.error").read_text()
+    assert error.startswith("CrashLoopError: ")
+    assert "crashed 3 times in a row without getting past step 9" in error
+    assert "RuntimeError: deliberate crash at step 10" in error

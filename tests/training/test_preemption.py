@@ -118,3 +118,68 @@ def test_bad_arguments_are_reported_together():
         ValueError, match=r"at least one signal.*exit_code must be an integer in 1..255, got 300"
     ):
         PreemptionGuard([], exit_code=300)
+
+
+def test_ignore_preemption_signals_for_loader_workers():
+    """The worker_init_fn sets SIGTERM, SIGINT and SIGUSR1 to SIG_IGN in its process."""
+    from recoverly.training import ignore_preemption_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        ignore_preemption_signals(3)
+        assert {signal.getsignal(sig) for sig in before} == {signal.SIG_IGN}
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end the process with the default handler
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_loop_names_are_exported_documented_and_show_the_public_module():
+    """Each resumable-loop name is in __all__, has a docstring and lives in recoverly.training."""
+    import inspect
+
+    from recoverly import training
+
+    names = [
+        "ArrayState",
+        "Attempt",
+        "CrashLoopError",
+        "PREEMPTED_EXIT_CODE",
+        "Preempted",
+        "PreemptionGuard",
+        "ResumableRun",
+        "RunInUseError",
+        "RunStatistics",
+        "capture_rng",
+        "ignore_preemption_signals",
+        "restore_rng",
+        "seed_all",
+    ]
+    for name in names:
+        assert name in training.__all__, name
+        obj = getattr(training, name)
+        if name == "PREEMPTED_EXIT_CODE":
+            continue
+        assert inspect.getdoc(obj), name
+        assert obj.__module__ == "recoverly.training", name
+
+
+def test_a_second_sigterm_ends_the_process_as_before_the_guard(tmp_path):
+    """In a real process: the first SIGTERM is recorded, the second kills it (SIG_DFL)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "first-signal-recorded"
+    code = (
+        "import os, signal, sys\n"
+        "from recoverly.training import PreemptionGuard\n"
+        "guard = PreemptionGuard().install()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "assert guard.requested\n"
+        f"open({str(marker)!r}, 'w').close()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(3)  # not reached\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)  # noqa: S603
+    assert marker.exists()
+    assert done.returncode == -signal.SIGTERM

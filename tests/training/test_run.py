@@ -299,3 +299,82 @@ def test_objects_with_get_state_are_state_not_generators(tmp_path):
     with pytest.raises(Boom):
         go(crash_in=2)
     assert go().weights == [0.0, 0.0, 1.0, 3.0, 6.0]
+
+
+def test_checkpoint_after_finish_is_refused(tmp_path):
+    """A finished run saves nothing more: checkpoint() raises and the history stays closed."""
+    run = ResumableRun(tmp_path, preemption=False)
+    for _epoch in run.epochs(1):
+        run.step_done()
+    run.finish()
+    run.finish()  # idempotent
+    with pytest.raises(RuntimeError, match="has ended"):
+        run.checkpoint()
+    assert [a.outcome for a in run.history] == ["finished"]
+
+
+def test_checkpoints_can_live_in_another_store(tmp_path):
+    """store=FsspecStore(...) keeps checkpoints there; the run still resumes exactly."""
+    pytest.importorskip("fsspec")
+    from recoverly.training import FsspecStore
+
+    reference, _ = train(tmp_path / "ref")
+    url = f"memory://recoverly-run-{tmp_path.name}"
+    with pytest.raises(Boom):
+        train(tmp_path / "run", crash_at=8, store=FsspecStore(url))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert [c.step for c in CheckpointManager(FsspecStore(url)).list()][-1] == 6
+    final, run = train(tmp_path / "run", store=FsspecStore(url))
+    assert final == reference
+    assert run.resumed_from == 6
+
+
+def test_one_run_object_at_a_time_in_a_process(tmp_path):
+    """A second run on a running directory is refused until the first one ends."""
+    from recoverly.training import RunInUseError
+
+    first = ResumableRun(tmp_path, preemption=False)
+    first.resume()
+    with pytest.raises(RunInUseError, match="already running in this process"):
+        ResumableRun(tmp_path, preemption=False).resume()
+    first.finish()
+    again = ResumableRun(tmp_path, preemption=False)
+    again.resume()
+    again.finish()
+    assert [a.outcome for a in again.history] == ["finished", "finished"]
+
+
+def test_another_process_holding_the_run_is_named_and_its_death_frees_it(tmp_path):
+    """While a process runs the directory others are refused; SIGKILL frees it (a crash)."""
+    import signal
+    import subprocess
+    import sys
+
+    from recoverly.training import RunInUseError
+
+    code = (
+        "import sys\n"
+        "from recoverly.training import ResumableRun\n"
+        f"run = ResumableRun({str(tmp_path)!r}, preemption=False)\n"
+        "run.resume()\n"
+        "print('running', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "running"
+        with pytest.raises(RunInUseError) as caught:
+            ResumableRun(tmp_path, preemption=False).resume()
+        assert caught.value.pid == holder.pid
+        assert f"running in process {holder.pid}" in str(caught.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdin.close()
+        holder.stdout.close()
+    run = ResumableRun(tmp_path, preemption=False)
+    run.resume()
+    run.finish()
+    assert [a.outcome for a in run.history] == ["crashed", "finished"]

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from recoverly.training._attempts import Attempt as Attempt
 from recoverly.training._attempts import CrashLoopError as CrashLoopError
+from recoverly.training._attempts import RunStatistics as RunStatistics
 from recoverly.training._format import CheckpointCorrupt as CheckpointCorrupt
 from recoverly.training._format import UnsafeCheckpointError as UnsafeCheckpointError
 from recoverly.training._journal import ProgressRecord as ProgressRecord
+from recoverly.training._lock import RunInUseError as RunInUseError
 from recoverly.training.adapters import ArrayState as ArrayState
 from recoverly.training.checkpoint import Checkpoint as Checkpoint
 from recoverly.training.checkpoint import CheckpointInfo as CheckpointInfo
@@ -22,8 +24,8 @@ from recoverly.training.checkpoint import CheckpointManager as CheckpointManager
 from recoverly.training.preemption import PREEMPTED_EXIT_CODE as PREEMPTED_EXIT_CODE
 from recoverly.training.preemption import Preempted as Preempted
 from recoverly.training.preemption import PreemptionGuard as PreemptionGuard
+from recoverly.training.preemption import ignore_preemption_signals as ignore_preemption_signals
 from recoverly.training.run import ResumableRun as ResumableRun
-from recoverly.training.run import RunStatistics as RunStatistics
 from recoverly.training.state import capture_rng as capture_rng
 from recoverly.training.state import restore_rng as restore_rng
 from recoverly.training.state import seed_all as seed_all
@@ -103,6 +105,7 @@ __all__ = [
     "ProgressTracker",
     "ProgressWriter",
     "ResumableRun",
+    "RunInUseError",
     "RunStatistics",
     "Store",
     "StoreTransaction",
@@ -110,6 +113,7 @@ __all__ = [
     "TrainingProgressHistory",
     "UnsafeCheckpointError",
     "capture_rng",
+    "ignore_preemption_signals",
     "initialize_progress_tracking",
     "restore_rng",
     "seed_all",

@@ -13,6 +13,8 @@ import contextlib
 import errno
 import os
 import secrets
+import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "fsync_dir",
     "is_transient_io_error",
+    "lower_thread_priority",
     "pid_alive",
     "temp_name",
     "write_new_file",
@@ -121,3 +124,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(target.parent)
+
+
+def lower_thread_priority() -> None:
+    """Make the calling (background) thread yield the CPU to the training thread.
+
+    On Linux the nice value is per thread; threads it starts (the hashing
+    helper) inherit it. Elsewhere, or when refused, nothing changes.
+    """
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None or not sys.platform.startswith("linux"):  # pragma: no cover
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))

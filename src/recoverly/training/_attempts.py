@@ -21,7 +21,12 @@ from recoverly._core.clock import Clock
 from recoverly.errors import RecoverlyError
 from recoverly.training._atomic import atomic_write_bytes
 
-__all__ = ["Attempt", "AttemptJournal", "CrashLoopError"]
+__all__ = [
+    "Attempt",
+    "AttemptJournal",
+    "CrashLoopError",
+    "RunStatistics",
+]
 
 _log = logging.getLogger("recoverly.training")
 
@@ -91,6 +96,23 @@ class CrashLoopError(RecoverlyError):
         self.stuck_at = max((a.reached for a in history), default=0)
 
 
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """A snapshot of a run's position and history.
+
+    .. versionadded:: 0.2
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    resumed_from: int | None
+    attempt: int
+    preemptions: int
+    crashes: int
+    checkpoints_saved: int
+
+
 class AttemptJournal:
     """Reads and rewrites ``attempts.json``; one per run directory and process."""
 
@@ -126,6 +148,7 @@ class AttemptJournal:
             CrashLoopError: The last ``max_without_progress`` attempts crashed
                 without getting past the furthest step reached before them.
         """
+        self._load()  # what the previous process left, read under the run lock
         if self._attempts and self._attempts[-1].outcome == RUNNING:
             last = self._attempts[-1]
             self._replace(
@@ -197,6 +220,8 @@ class AttemptJournal:
         self._attempts[index] = Attempt(**old)
 
     def _load(self) -> None:
+        self._attempts = []
+        self._counts = dict.fromkeys(self._counts, 0)
         try:
             raw = json.loads(self.path.read_bytes())
             self._attempts = [Attempt(**record) for record in raw["attempts"]]
@@ -207,6 +232,7 @@ class AttemptJournal:
         except (ValueError, KeyError, TypeError) as exc:
             _log.warning("ignoring unreadable attempt journal %s: %r", self.path, exc)
             self._attempts = []
+            self._counts = dict.fromkeys(self._counts, 0)
 
     def _write(self) -> None:
         del self._attempts[:-_KEEP]
@@ -217,3 +243,9 @@ class AttemptJournal:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+# Shown where users import them from.
+Attempt.__module__ = "recoverly.training"
+CrashLoopError.__module__ = "recoverly.training"
+RunStatistics.__module__ = "recoverly.training"

@@ -74,11 +74,17 @@ def _is_numpy(value: object, kind: str) -> bool:
 
 
 class _Encoder:
-    __slots__ = ("allow_pickle", "copy", "out", "seen")
+    __slots__ = ("allow_pickle", "copy", "out", "pool", "seen")
 
-    def __init__(self, *, allow_pickle: bool, copy: bool) -> None:
+    def __init__(self, *, allow_pickle: bool, copy: bool, pool: Encoded | None) -> None:
         self.allow_pickle = allow_pickle
         self.copy = copy
+        self.pool: dict[tuple[Any, ...], list[Any]] = {}
+        if pool is not None:
+            for buf in pool.arrays:
+                self.pool.setdefault(("a", buf.dtype, buf.shape), []).append(buf)
+            for tensor in pool.tensors.values():
+                self.pool.setdefault(("t", tensor.dtype, tuple(tensor.shape)), []).append(tensor)
         self.out = Encoded(tree=None)
         self.seen: set[int] = set()
 
@@ -132,8 +138,10 @@ class _Encoder:
         if _is_numpy(value, "scalar") and not value.dtype.hasobject:
             return {"$n": [self.dtype(value.dtype), value.tobytes().hex()]}
         if _torch.is_tensor(value):
+            _torch.check_dtype(value, path)
             name = str(len(self.out.tensors))
-            self.out.tensors[name] = _torch.snapshot(value, copy=self.copy)
+            reuse = self.pool.get(("t", value.dtype, tuple(value.shape))) if self.copy else None
+            self.out.tensors[name] = _torch.snapshot(value, copy=self.copy, into=reuse)
             return {"$T": [name, bool(value.requires_grad), _torch.is_parameter(value)]}
         if self.allow_pickle:
             self.out.uses_pickle = True
@@ -151,7 +159,14 @@ class _Encoder:
         np = _np()
         order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
         data = value.T if order == "F" else value
-        data = np.array(data, order="C", copy=True) if self.copy else np.ascontiguousarray(data)
+        if not self.copy:
+            data = np.ascontiguousarray(data)
+        else:
+            shape = data.shape if data.ndim else (1,)
+            free = self.pool.get(("a", data.dtype, shape))
+            buf = free.pop() if free else np.empty(shape, dtype=data.dtype)
+            np.copyto(buf, data.reshape(shape))
+            data = buf
         self.out.arrays.append(data)
         self.out.array_meta.append(
             {
@@ -164,15 +179,21 @@ class _Encoder:
         return len(self.out.arrays) - 1
 
 
-def encode(state: Any, *, allow_pickle: bool = False, copy: bool = False) -> Encoded:
+def encode(
+    state: Any, *, allow_pickle: bool = False, copy: bool = False, pool: Encoded | None = None
+) -> Encoded:
     """Split ``state`` into an :class:`Encoded`; ``copy`` snapshots arrays and tensors.
+
+    With ``copy``, the buffers of ``pool`` (an earlier snapshot that is no
+    longer needed) are reused when dtype and shape match: copying into memory
+    already touched is several times faster than into fresh pages.
 
     Raises:
         TypeError: A value has no safe format and ``allow_pickle`` is false; the
             message names where it sits (``state['opt'][3]``).
         ValueError: The state contains itself.
     """
-    enc = _Encoder(allow_pickle=allow_pickle, copy=copy)
+    enc = _Encoder(allow_pickle=allow_pickle, copy=copy, pool=pool)
     enc.out.tree = enc.any(state, "state")
     return enc.out
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import queue
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from recoverly.errors import RecoverlyError
 from recoverly.training import _codec, _torch
@@ -119,7 +121,51 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _hashing(chunks: Iterator[memoryview | bytes], sink: Any) -> Iterator[memoryview | bytes]:
+class _Hasher:
+    """SHA-256 and size of a byte stream; big chunks are hashed on a helper thread.
+
+    ``hashlib`` releases the GIL on large buffers, so hashing chunk *k* on the
+    helper overlaps with writing (or reading) chunk *k* on the caller's thread.
+    """
+
+    __slots__ = ("_queue", "_thread", "digest", "size")
+    _INLINE = 1 << 20  # smaller chunks are hashed at once: a thread costs more
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._queue: queue.SimpleQueue[Any] | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, chunk: memoryview | bytes) -> None:
+        self.size += memoryview(chunk).nbytes
+        if self._queue is None:
+            if len(chunk) < self._INLINE:
+                self.digest.update(chunk)
+                return
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="recoverly-sha256", daemon=True)
+            self._thread.start()
+        self._queue.put(chunk)
+
+    def _run(self) -> None:
+        assert self._queue is not None  # noqa: S101 - set before the thread starts
+        while (chunk := self._queue.get()) is not None:
+            self.digest.update(chunk)
+
+    def close(self) -> None:
+        """Stop the helper thread (after it hashed everything fed so far)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.digest.hexdigest()
+
+
+def _hashing(chunks: Iterator[memoryview | bytes], sink: _Hasher) -> Iterator[memoryview | bytes]:
     for chunk in chunks:
         sink.update(chunk)
         yield chunk
@@ -152,15 +198,17 @@ def write_entry(
     if enc.arrays:
         blobs[ARRAYS] = _array_chunks(enc.arrays)
     if enc.tensors:
-        blobs[TENSORS] = iter([_torch.to_bytes(enc.tensors)])
+        blobs[TENSORS] = iter(_torch.tensor_chunks(enc.tensors))
     files: dict[str, dict[str, Any]] = {}
     txn = store.begin(name)
     try:
         for filename, chunks in blobs.items():
-            digest = hashlib.sha256()
-            counter = _Counter()
-            txn.write(filename, _hashing(_hashing(chunks, digest), counter))
-            files[filename] = {"sha256": digest.hexdigest(), "size": counter.size}
+            hasher = _Hasher()
+            try:
+                txn.write(filename, _hashing(chunks, hasher))
+            finally:
+                hasher.close()
+            files[filename] = {"sha256": hasher.hexdigest(), "size": hasher.size}
         doc = {
             "format": FORMAT,
             "version": VERSION,
@@ -177,16 +225,6 @@ def write_entry(
         txn.abort()
         raise
     return info_from_manifest(store, name, doc)
-
-
-class _Counter:
-    __slots__ = ("size",)
-
-    def __init__(self) -> None:
-        self.size = 0
-
-    def update(self, chunk: memoryview | bytes) -> None:
-        self.size += memoryview(chunk).nbytes
 
 
 def read_manifest(store: Store, name: str) -> dict[str, Any]:
@@ -248,37 +286,63 @@ def _check(where: str, filename: str, expected: dict[str, Any], size: int, diges
 
 
 def _read_arrays(store: Store, name: str, metas: list[Any], expected: dict[str, Any]) -> list[Any]:
-    import numpy as np  # noqa: PLC0415 - only checkpoints with arrays need numpy
-
     where = store.location(name)
-    digest = hashlib.sha256()
-    size = 0
-    out = []
+    hasher = _Hasher()
     try:
         f = store.open(name, ARRAYS)
     except FileNotFoundError:
         raise CheckpointCorrupt(where, f"{ARRAYS} is missing") from None
     with f:
-        for meta in metas:
-            dtype = _codec.decode_dtype(meta["dtype"])
-            shape = tuple(meta["shape"])
-            fortran = meta["order"] == "F"
-            arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
-            if arr.nbytes != meta["nbytes"]:
-                raise CheckpointCorrupt(where, f"{STATE} describes an array inconsistently")
-            raw = memoryview(arr.reshape(-1).view("u1"))  # type: ignore[arg-type]
-            got = 0
-            while got < arr.nbytes:
-                n = f.readinto(raw[got : got + _READ_CHUNK])  # type: ignore[attr-defined]
-                if not n:
-                    raise CheckpointCorrupt(where, f"{ARRAYS} is truncated")
-                got += n
-            digest.update(raw)
-            size += got
-            out.append(arr.T if fortran else arr)
-        size += len(f.read())
-    _check(where, ARRAYS, expected, size, digest.hexdigest())
+        try:
+            out = [_read_array(f, meta, hasher, where) for meta in metas]
+            hasher.update(f.read())  # trailing bytes count against the size
+        finally:
+            hasher.close()
+    _check(where, ARRAYS, expected, hasher.size, hasher.hexdigest())
     return out
+
+
+def _read_tensors(store: Store, name: str, expected: dict[str, Any]) -> dict[str, Any]:
+    where = store.location(name)
+    hasher = _Hasher()
+    try:
+        f = store.open(name, TENSORS)
+    except FileNotFoundError:
+        raise CheckpointCorrupt(where, f"{TENSORS} is missing") from None
+    with f:
+        try:
+            try:
+                out = _torch.read_tensors(f, hasher.update)
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                # Damaged bytes usually break the parse: report the hash mismatch first.
+                hasher.update(f.read())
+                _check(where, TENSORS, expected, hasher.size, hasher.hexdigest())
+                raise CheckpointCorrupt(where, f"{TENSORS} is malformed: {exc}") from None
+            hasher.update(f.read())  # trailing bytes count against the size
+        finally:
+            hasher.close()
+    _check(where, TENSORS, expected, hasher.size, hasher.hexdigest())
+    return out
+
+
+def _read_array(f: IO[bytes], meta: dict[str, Any], hasher: _Hasher, where: str) -> Any:
+    import numpy as np  # noqa: PLC0415 - only checkpoints with arrays need numpy
+
+    dtype = _codec.decode_dtype(meta["dtype"])
+    shape = tuple(meta["shape"])
+    fortran = meta["order"] == "F"
+    arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+    if arr.nbytes != meta["nbytes"]:
+        raise CheckpointCorrupt(where, f"{STATE} describes an array inconsistently")
+    raw = memoryview(arr.reshape(-1).view("u1"))  # type: ignore[arg-type]
+    got = 0
+    while got < arr.nbytes:
+        n = f.readinto(raw[got : got + _READ_CHUNK])  # type: ignore[attr-defined]
+        if not n:
+            raise CheckpointCorrupt(where, f"{ARRAYS} is truncated")
+        hasher.update(raw[got : got + n])
+        got += n
+    return arr.T if fortran else arr
 
 
 def read_state(store: Store, name: str, doc: dict[str, Any], *, allow_pickle: bool) -> Any:
@@ -304,11 +368,7 @@ def read_state(store: Store, name: str, doc: dict[str, Any], *, allow_pickle: bo
             if state_doc["arrays"]
             else []
         )
-        tensors = (
-            _torch.from_bytes(_verified(store, name, TENSORS, files[TENSORS]))
-            if TENSORS in files
-            else {}
-        )
+        tensors = _read_tensors(store, name, files[TENSORS]) if TENSORS in files else {}
         return _codec.decode(state_doc["tree"], arrays, tensors, allow_pickle=allow_pickle)
     except _codec.UnsafePayloadError:
         raise UnsafeCheckpointError(

@@ -1,4 +1,4 @@
-"""Which checkpoints to delete after a save: keep the newest N and the best K.
+"""Which checkpoints to delete after a save (keep the newest N and the best K), and metrics.
 
 Pure logic, no I/O: :func:`doomed` gets what the store holds and returns the
 names to delete. The checkpoint just committed is always kept, so the only
@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["doomed"]
+from recoverly._core.validate import Problems
+
+__all__ = ["check_metrics", "doomed"]
 
 
 def doomed(
@@ -56,3 +58,23 @@ def doomed(
 
 def _usable(value: object) -> bool:
     return type(value) in (int, float) and not math.isnan(value)  # type: ignore[arg-type]
+
+
+def check_metrics(p: Problems, metrics: object) -> dict[str, float]:
+    """Validate ``save(metrics=)``: str keys, real numbers (numpy/torch scalars become floats)."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        p._bad(f"metrics must be a dict of str to numbers, got {metrics!r}", kind=True)
+        return {}
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or isinstance(value, bool):
+            p._bad(f"metrics[{key!r}] must be a number under a str key, got {value!r}", kind=True)
+        elif type(value) in (int, float):
+            out[key] = float(value) if type(value) is float else value
+        elif hasattr(value, "__float__"):
+            out[key] = float(value)  # numpy and torch scalars
+        else:
+            p._bad(f"metrics[{key!r}] must be a number, got {value!r}", kind=True)
+    return out

@@ -301,3 +301,7 @@ def _skip_dataloader(
         kwargs["in_order"] = dl.in_order
     batches: Iterator[Any] = iter(data.DataLoader(dl.dataset, **kwargs))
     return batches
+
+
+# Shown where users import them from.
+ArrayState.__module__ = "recoverly.training"

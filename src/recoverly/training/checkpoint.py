@@ -24,7 +24,7 @@ from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
 from recoverly.retry import Retry
 from recoverly.training import _codec
-from recoverly.training._atomic import is_transient_io_error
+from recoverly.training._atomic import is_transient_io_error, lower_thread_priority
 from recoverly.training._format import (
     CheckpointCorrupt,
     CheckpointInfo,
@@ -33,7 +33,7 @@ from recoverly.training._format import (
     read_state,
     write_entry,
 )
-from recoverly.training._retention import doomed
+from recoverly.training._retention import check_metrics, doomed
 from recoverly.training.storage import LocalStore, Store
 
 if TYPE_CHECKING:
@@ -113,6 +113,8 @@ class CheckpointManager:
         "_error",
         "_lock",
         "_retry",
+        "_save_lock",
+        "_spare",
         "_thread",
         "allow_pickle",
         "async_save",
@@ -163,7 +165,9 @@ class CheckpointManager:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._spare: _codec.Encoded | None = None
         self._closed = False
+        self._save_lock = threading.Lock()
         self._cleanup()
 
     # ------------------------------------------------------------------ saving
@@ -194,25 +198,30 @@ class CheckpointManager:
         p.int_at_least("step", step, 0)
         if not isinstance(cast("object", state), Mapping):
             p._bad(f"state must be a dict, got {type(state).__name__}", kind=True)
-        clean = _check_metrics(p, metrics)
+        clean = check_metrics(p, metrics)
         p.raise_if_any()
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        self.wait()
-        enc = _codec.encode(dict(state), allow_pickle=self.allow_pickle, copy=self.async_save)
-        created_at = resolve(self._clock).wall()
-        name = entry_name(step)
-        if not self.async_save:
-            return self._write(name, enc, step, clean, created_at)
-        thread = threading.Thread(
-            target=self._background,
-            args=(name, enc, step, clean, created_at),
-            name=f"recoverly-checkpoint-{step}",
-        )
-        with self._lock:
-            self._thread = thread
-        thread.start()
-        return CheckpointInfo(step, name, self.store.location(name), created_at, clean)
+        with self._save_lock:  # saves from several threads run one after the other
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            self.wait()
+            with self._lock:
+                spare, self._spare = self._spare, None
+            enc = _codec.encode(
+                dict(state), allow_pickle=self.allow_pickle, copy=self.async_save, pool=spare
+            )
+            created_at = resolve(self._clock).wall()
+            name = entry_name(step)
+            if not self.async_save:
+                return self._write(name, enc, step, clean, created_at)
+            thread = threading.Thread(
+                target=self._background,
+                args=(name, enc, step, clean, created_at),
+                name=f"recoverly-checkpoint-{step}",
+            )
+            with self._lock:
+                self._thread = thread
+            thread.start()
+            return CheckpointInfo(step, name, self.store.location(name), created_at, clean)
 
     def _write(
         self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
@@ -224,12 +233,24 @@ class CheckpointManager:
         self._prune(keep=name)
         return info
 
-    def _background(self, *args: Any) -> None:
+    def _background(
+        self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
+    ) -> None:
+        lower_thread_priority()
         try:
-            self._write(*args)
+            self._write(name, enc, step, metrics, at)
         except BaseException as exc:
             with self._lock:
                 self._error = exc
+            _log.warning(  # also logged now, in case no save/wait/close ever comes
+                "%r: background save of step %d failed (raised by the next save, wait or "
+                "close): %r",
+                self,
+                step,
+                exc,
+            )
+        with self._lock:
+            self._spare = enc  # its buffers are free again: the next snapshot reuses them
 
     def wait(self) -> None:
         """Block until the background save (if any) is committed.
@@ -389,25 +410,6 @@ class CheckpointManager:
             f"<CheckpointManager{label} {self.store!r} keep_last={self.keep_last} "
             f"keep_best={self.keep_best} async_save={self.async_save}{busy}>"
         )
-
-
-def _check_metrics(p: Problems, metrics: object) -> dict[str, float]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        p._bad(f"metrics must be a dict of str to numbers, got {metrics!r}", kind=True)
-        return {}
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool):
-            p._bad(f"metrics[{key!r}] must be a number under a str key, got {value!r}", kind=True)
-        elif type(value) in (int, float):
-            out[key] = float(value) if type(value) is float else value
-        elif hasattr(value, "__float__"):
-            out[key] = float(value)  # numpy and torch scalars
-        else:
-            p._bad(f"metrics[{key!r}] must be a number, got {value!r}", kind=True)
-    return out
 
 
 Checkpoint.__module__ = CheckpointManager.__module__ = "recoverly.training"

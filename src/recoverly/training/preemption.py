@@ -24,7 +24,13 @@ from recoverly._core.validate import Problems
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT_CODE", "Preempted", "PreemptionGuard"]
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "PREEMPTED_EXIT_CODE",
+    "Preempted",
+    "PreemptionGuard",
+    "ignore_preemption_signals",
+]
 
 #: The exit status of a process that stopped for a pre-emption after saving a
 #: checkpoint: 75 is ``EX_TEMPFAIL`` from ``sysexits.h``, "temporary failure,
@@ -105,7 +111,7 @@ class PreemptionGuard:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_installed", "_lock", "_previous", "_signal", "exit_code", "signals")
+    __slots__ = ("_installed", "_previous", "_signal", "exit_code", "signals")
 
     def __init__(
         self, signals: Iterable[int] = DEFAULT_SIGNALS, *, exit_code: int = PREEMPTED_EXIT_CODE
@@ -129,7 +135,6 @@ class PreemptionGuard:
         self._previous: dict[signal.Signals, _Handler] = {}
         self._signal: int | None = None
         self._installed = False
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ state
     @property
@@ -144,14 +149,15 @@ class PreemptionGuard:
 
     def request(self, signum: int = 0) -> None:
         """Ask for a stop at the next step boundary, as a signal would."""
-        with self._lock:
-            if self._signal is None:
-                self._signal = signum
+        # No lock: this runs inside signal handlers, which interrupt the main
+        # thread anywhere (a lock it holds would deadlock). Two racing requests
+        # both ask for a stop; which signal is recorded does not matter.
+        if self._signal is None:
+            self._signal = signum
 
     def clear(self) -> None:
         """Forget a request (after the loop has acted on it)."""
-        with self._lock:
-            self._signal = None
+        self._signal = None
 
     def preempted(self, step: int) -> Preempted:
         """Return the :class:`Preempted` exception for a stop after ``step``."""
@@ -214,6 +220,22 @@ class PreemptionGuard:
         return f"<PreemptionGuard {names} exit_code={self.exit_code} {state}>"
 
 
+def ignore_preemption_signals(worker_id: int = 0) -> None:  # noqa: ARG001 - worker_init_fn
+    """Ignore the default pre-emption signals in this process: a ``worker_init_fn``.
+
+    When a scheduler signals a whole process group (SLURM without ``B:``,
+    Ctrl-C in a terminal), ``DataLoader`` worker processes receive SIGTERM,
+    SIGINT or SIGUSR1 too, and a worker that dies of it makes the training
+    process fail instead of finishing its step. Pass this function as
+    ``DataLoader(worker_init_fn=ignore_preemption_signals)``; the workers still
+    exit when the loader shuts them down or the training process dies.
+
+    .. versionadded:: 0.2
+    """
+    for sig in DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _signal_name(signum: int | None) -> str:
     if not signum:
         return "request()"
@@ -221,3 +243,9 @@ def _signal_name(signum: int | None) -> str:
         return signal.Signals(signum).name
     except ValueError:  # pragma: no cover - a number the platform does not name
         return f"signal {signum}"
+
+
+# Shown where users import them from.
+Preempted.__module__ = "recoverly.training"
+PreemptionGuard.__module__ = "recoverly.training"
+ignore_preemption_signals.__module__ = "recoverly.training"

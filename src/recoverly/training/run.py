@@ -1,21 +1,11 @@
 """ResumableRun: a training loop that picks up exactly where it stopped.
 
-::
-
-    with ResumableRun("runs/mlp", seed=0, checkpoint_every=100) as run:
-        run.register("model", model)
-        run.register("optimizer", optimizer)
-        for epoch in run.epochs(10):
-            for batch in run.batches(loader):
-                loss = train_step(batch)
-                run.step_done(loss=float(loss))
-
 A checkpoint holds the registered objects' state, ``run.state``, every random
-state and the loop position: the epoch, the batches of it consumed and the
-random state at the top of the epoch. A mid-epoch resume replays the top of
-the epoch (same shuffle order), skips the consumed batches and puts the random
-state of the last step back, so the rest of the run draws what an
-uninterrupted run would have drawn.
+state and the loop position (epoch, batches of it consumed, the random state at
+the top of the epoch). A mid-epoch resume replays the top of the epoch (same
+shuffle order), skips the consumed batches and puts back the random state of
+the last step, so the rest of the run draws what an uninterrupted run draws.
+See ``docs/training.md`` ("Resumable loops") for the rules a loop follows.
 """
 
 from __future__ import annotations
@@ -23,54 +13,44 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Duration, Problems
-from recoverly.training._attempts import CRASHED, FINISHED, PREEMPTED, Attempt, AttemptJournal
+from recoverly.training._attempts import (
+    CRASHED,
+    FINISHED,
+    PREEMPTED,
+    Attempt,
+    AttemptJournal,
+    RunStatistics,
+)
+from recoverly.training._cursor import LoopCursor
+from recoverly.training._lock import RunLock
 from recoverly.training.adapters import load_object_state, object_state, skip_batches
 from recoverly.training.checkpoint import Checkpoint, CheckpointInfo, CheckpointManager
 from recoverly.training.preemption import Preempted, PreemptionGuard
-from recoverly.training.state import LoopPosition, capture_rng, is_generator, restore_rng, seed_all
+from recoverly.training.state import LoopPosition, capture_rng, is_generator, seed_all
+from recoverly.training.storage import Store
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["ResumableRun", "RunStatistics"]
+__all__ = ["ResumableRun"]
 
 _log = logging.getLogger("recoverly.training")
 _T = TypeVar("_T")
 _FORMAT = "recoverly.run/1"
-# Where the loop stands inside an epoch.
-_IDLE, _BEFORE, _ACTIVE, _AFTER = "idle", "before batches", "in batches", "after batches"
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatistics:
-    """A snapshot of a run's position and history.
-
-    .. versionadded:: 0.2
-    """
-
-    epoch: int
-    batch: int
-    step: int
-    resumed_from: int | None
-    attempt: int
-    preemptions: int
-    crashes: int
-    checkpoints_saved: int
 
 
 class ResumableRun:
     """A training loop position, its checkpoints and its restart history.
 
     Args:
-        directory: The run directory: checkpoints go to ``checkpoints/``, the
-            attempt history to ``attempts.json``.
+        directory: The run directory: checkpoints go to ``checkpoints/``
+            (unless ``store`` is given), the attempt history to ``attempts.json``.
         seed: Seeds :mod:`random`, NumPy and PyTorch (those imported) when the
             run object is created, so a fresh run is reproducible; on resume the
             checkpoint's random states replace these.
@@ -86,6 +66,8 @@ class ResumableRun:
             default signals while the loop runs, a guard uses that one,
             ``False`` handles no signal.
         clock: Time source for ``checkpoint_every_seconds`` and timestamps.
+        store: Where checkpoints go instead of ``directory/checkpoints``: a
+            :class:`Store` such as ``FsspecStore("s3://bucket/run")``.
 
     Raises:
         TypeError, ValueError: Every bad argument, in one message.
@@ -94,11 +76,10 @@ class ResumableRun:
     """
 
     __slots__ = (
-        "_after_skip", "_batch", "_clock", "_epoch", "_epoch_rng", "_every", "_every_s",
-        "_finished", "_generators", "_journal", "_last_save_step", "_last_save_time",
-        "_loaded", "_manager", "_max_restarts", "_objects", "_phase",
-        "_replay", "_resumed_from", "_saves", "_skip", "_started", "_step", "async_save",
-        "directory", "guard", "keep_last", "state",
+        "_clock", "_cursor", "_every", "_every_s", "_finished", "_generators", "_journal",
+        "_last_save_step", "_last_save_time", "_loaded", "_lock", "_manager", "_max_restarts",
+        "_objects", "_resumed_from", "_saves", "_started", "_store", "async_save", "directory",
+        "guard", "keep_last", "state",
     )  # fmt: skip
 
     def __init__(
@@ -113,6 +94,7 @@ class ResumableRun:
         max_restarts_without_progress: int | None = 3,
         preemption: bool | PreemptionGuard = True,
         clock: Clock | None = None,
+        store: Store | None = None,
     ) -> None:
         p = Problems()
         if not isinstance(cast("object", directory), (str, os.PathLike)):
@@ -130,6 +112,9 @@ class ResumableRun:
         )
         if not isinstance(cast("object", preemption), (bool, PreemptionGuard)):
             p._bad(f"preemption must be a bool or a PreemptionGuard, got {preemption!r}", kind=True)
+        if store is not None and not isinstance(cast("object", store), Store):
+            p._bad(f"store must be a Store or None, got {store!r}", kind=True)
+        self._store = store
         p.raise_if_any()
         self.directory = Path(directory)
         self.async_save = async_save
@@ -143,13 +128,11 @@ class ResumableRun:
         self._objects: dict[str, object] = {}
         self._generators: dict[str, object] = {}
         self._journal = AttemptJournal(self.directory / "attempts.json", self._clock)
+        self._lock = RunLock(self.directory / "run.lock")
         self._manager: CheckpointManager | None = None
+        self._cursor = LoopCursor(self._generators)
         self._started = self._finished = False
-        self._epoch = self._batch = self._step = self._skip = self._saves = 0
-        self._phase = _IDLE
-        self._epoch_rng: dict[str, Any] | None = None
-        self._after_skip: dict[str, Any] | None = None
-        self._replay: tuple[dict[str, Any], LoopPosition] | None = None
+        self._saves = 0
         self._loaded: dict[str, Any] = {}
         self._resumed_from: int | None = None
         self._last_save_step = -1
@@ -195,20 +178,24 @@ class ResumableRun:
 
         Raises:
             CrashLoopError: The run keeps crashing without progress.
+            RunInUseError: Another process (or run object) is running this directory.
         """
         if self._started:
             return None  # already resumed (or started fresh)
-        self._manager = CheckpointManager(
-            self.directory / "checkpoints",
-            keep_last=self.keep_last,
-            async_save=self.async_save,
-            clock=self._clock,
-        )
-        ckpt = self._manager.load_latest()
+        self._lock.acquire()
         try:
+            self._manager = CheckpointManager(
+                self._store or self.directory / "checkpoints",
+                keep_last=self.keep_last,
+                async_save=self.async_save,
+                clock=self._clock,
+            )
+            ckpt = self._manager.load_latest()
             self._journal.begin(ckpt.step if ckpt else 0, self._max_restarts)
         except BaseException:
-            self._manager.close()
+            if self._manager is not None:
+                self._manager.close()
+            self._lock.release()
             raise
         self._started = True
         if ckpt is not None:
@@ -231,16 +218,10 @@ class ResumableRun:
                 _log.warning("checkpoint %s holds no state for %r", ckpt.step, name)
         self.state.clear()
         self.state.update(payload["user"])
-        self._epoch, self._step = position.epoch, position.step
+        self._cursor.load(position, payload["rng"])
         self._resumed_from = self._last_save_step = ckpt.step
-        self._replay = (payload["rng"], position)
-        _log.info(
-            "resuming %s at epoch %d, batch %d, step %d",
-            self.directory,
-            position.epoch,
-            position.batch,
-            position.step,
-        )
+        where = (position.epoch, position.batch, position.step)
+        _log.info("resuming %s at epoch %d, batch %d, step %d", self.directory, *where)
 
     # ------------------------------------------------------------------ the loop
     def epochs(self, n: int) -> Iterator[int]:
@@ -254,24 +235,11 @@ class ResumableRun:
         count.int_at_least("n", n, 0)
         count.raise_if_any()
         self.resume()
-        while self._epoch < n:
-            self._top_of_epoch()
-            yield self._epoch
-            self._epoch += 1
-            self._phase, self._batch, self._epoch_rng = _IDLE, 0, None
-
-    def _top_of_epoch(self) -> None:
-        replay, self._replay = self._replay, None
-        if replay is not None and replay[1].mid_epoch:
-            rng, position = replay
-            restore_rng(position.epoch_rng or {}, self._generators)
-            self._epoch_rng = position.epoch_rng
-            self._skip, self._after_skip = position.batch, rng
-        else:
-            if replay is not None:
-                restore_rng(replay[0], self._generators)
-            self._epoch_rng = capture_rng(self._generators)
-        self._phase, self._batch = _BEFORE, 0
+        cursor = self._cursor
+        while cursor.epoch < n:
+            cursor.top_of_epoch()
+            yield cursor.epoch
+            cursor.end_of_epoch()
 
     def batches(self, loader: Iterable[_T]) -> Iterator[_T]:
         """Yield ``loader``'s batches for this epoch, after those already consumed.
@@ -283,24 +251,14 @@ class ResumableRun:
         Raises:
             RuntimeError: Used outside ``run.epochs()`` or twice in one epoch.
         """
-        if self._phase != _BEFORE:
-            raise RuntimeError(
-                f"batches() runs once per epoch inside run.epochs(); now {self._phase}"
-            )
-        self._phase = _ACTIVE
-        skip, after = self._skip, self._after_skip
-        self._skip, self._after_skip, self._batch = 0, None, skip
-
-        def resumed() -> None:
-            if after is not None:
-                restore_rng(after, self._generators)
-
+        cursor = self._cursor
+        skip, resumed = cursor.begin_batches()
         try:
             for batch in skip_batches(loader, skip, resumed):
-                self._batch += 1
+                cursor.batch += 1
                 yield batch
         finally:
-            self._phase = _AFTER
+            cursor.end_batches()
 
     def step_done(self, metrics: Mapping[str, Any] | None = None, /, **more: Any) -> bool:
         """Mark one step done; checkpoint when due; stop here when pre-empted.
@@ -319,12 +277,13 @@ class ResumableRun:
         Raises:
             Preempted: A pre-emption was requested; the checkpoint is saved.
         """
-        self._step += 1
+        self._cursor.step += 1
+        step = self._cursor.step
         values = {**(metrics or {}), **more}
         preempted = self.guard is not None and self.guard.requested
         due = (
             preempted
-            or (self._every is not None and self._step % self._every == 0)
+            or (self._every is not None and step % self._every == 0)
             or (
                 self._every_s is not None
                 and self._clock.monotonic() - self._last_save_time >= self._every_s
@@ -333,22 +292,24 @@ class ResumableRun:
         if due:
             self.checkpoint(values)
         if preempted and self.guard is not None:
-            stop = self.guard.preempted(self._step)
+            stop = self.guard.preempted(step)
             self._end(PREEMPTED, str(stop))
             raise stop
         return due
 
     def checkpoint(self, metrics: Mapping[str, Any] | None = None) -> CheckpointInfo:
-        """Save a checkpoint of the current position now."""
-        if not self._started:
-            self.resume()
-        assert self._manager is not None  # noqa: S101 - set by resume()
-        if self._phase == _ACTIVE:
-            position = LoopPosition(self._epoch, self._batch, self._step, self._epoch_rng)
-        elif self._phase == _IDLE:
-            position = LoopPosition(self._epoch, 0, self._step)
-        else:
-            position = LoopPosition(self._epoch + 1, 0, self._step)
+        """Save a checkpoint of the current position now.
+
+        The position follows the same rule as :meth:`step_done`: inside
+        ``batches()`` it is mid-epoch, elsewhere in an epoch it closes the epoch.
+
+        Raises:
+            RuntimeError: The run has ended (after :meth:`finish` or a pre-emption).
+        """
+        self.resume()
+        if self._manager is None or self._finished:
+            raise RuntimeError(f"{self!r} has ended; no more checkpoints")
+        position = self._cursor.position()
         payload = {
             "format": _FORMAT,
             "loop": position.to_state(),
@@ -357,9 +318,9 @@ class ResumableRun:
             "user": dict(self.state),
         }
         numbers = {k: float(v) for k, v in (metrics or {}).items()}
-        info = self._manager.save(self._step, payload, metrics=numbers)
+        info = self._manager.save(position.step, payload, metrics=numbers)
         self._saves += 1
-        self._last_save_step = self._step
+        self._last_save_step = position.step
         self._last_save_time = self._clock.monotonic()
         return info
 
@@ -367,7 +328,7 @@ class ResumableRun:
         """Save the final checkpoint (unless this step is saved), record the run finished."""
         if self._finished:
             return
-        if self._last_save_step != self._step or not self._started:
+        if self._last_save_step != self._cursor.step or not self._started:
             self.checkpoint(metrics)
         self._end(FINISHED, None)
 
@@ -380,7 +341,8 @@ class ResumableRun:
             if self.guard is not None:
                 self.guard.uninstall()
             if self._started:
-                self._journal.end(outcome, self._step, reason)
+                self._journal.end(outcome, self._cursor.step, reason)
+            self._lock.release()
 
     def reset_crash_loop(self) -> None:
         """Forget the crash streak that makes :meth:`resume` raise (after fixing its cause)."""
@@ -390,17 +352,17 @@ class ResumableRun:
     @property
     def epoch(self) -> int:
         """The current (or next) epoch."""
-        return self._epoch
+        return self._cursor.epoch
 
     @property
     def batch(self) -> int:
         """Batches of the current epoch consumed so far, those skipped on resume included."""
-        return self._batch
+        return self._cursor.batch
 
     @property
     def step(self) -> int:
         """Steps completed since the run began, resumes included."""
-        return self._step
+        return self._cursor.step
 
     @property
     def resumed_from(self) -> int | None:
@@ -416,9 +378,9 @@ class ResumableRun:
         """Return a snapshot of the position and the restart counts."""
         history = self._journal.history
         return RunStatistics(
-            epoch=self._epoch,
-            batch=self._batch,
-            step=self._step,
+            epoch=self._cursor.epoch,
+            batch=self._cursor.batch,
+            step=self._cursor.step,
             resumed_from=self._resumed_from,
             attempt=history[-1].number if history else 0,
             preemptions=self._journal.preemptions,
@@ -450,3 +412,7 @@ class ResumableRun:
             f"<ResumableRun {str(self.directory)!r} epoch={s.epoch} batch={s.batch} step={s.step} "
             f"attempt={s.attempt} preemptions={s.preemptions} crashes={s.crashes}>"
         )
+
+
+# Shown where users import them from.
+ResumableRun.__module__ = "recoverly.training"

@@ -258,3 +258,9 @@ class LoopPosition:
             step=int(state["step"]),
             epoch_rng=state.get("epoch_rng"),
         )
+
+
+# Shown where users import them from.
+capture_rng.__module__ = "recoverly.training"
+restore_rng.__module__ = "recoverly.training"
+seed_all.__module__ = "recoverly.training"

@@ -10,7 +10,8 @@ For each it forks a child, which starts its own process group (so its
 DataLoader workers die with it), sets the environment and runs
 ``MODULE.main(run_dir, out)``; the launcher answers ``{"pid": N}`` at once and
 ``{"pid": N, "status": S}`` when the child ends (S is the exit code, or minus
-the signal number that killed it). The tests SIGKILL and SIGTERM those
+the signal number that killed it). An exception that ends a child is also
+written to ``OUT.error``. The tests SIGKILL and SIGTERM those
 children: real processes, real signals, real files.
 
 :class:`Launcher` is the test side.
@@ -24,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,9 @@ def serve(module_name: str) -> None:
                 module.main(request["run_dir"], request["out"])
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
+            except BaseException as exc:
                 traceback.print_exc()
+                Path(request["out"] + ".error").write_text(f"{type(exc).__name__}: {exc}")
                 code = 1
             sys.stdout.flush()
             sys.stderr.flush()
@@ -57,16 +60,20 @@ def serve(module_name: str) -> None:
         _, status = os.waitpid(pid, 0)
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         print(json.dumps({"pid": pid, "status": code}), flush=True)  # noqa: T201
+    os._exit(0)  # stdin closed: skip the slow interpreter teardown of the ML libraries
 
 
 class Launcher:
     """The test side: start the launcher, run attempts, kill them."""
 
     def __init__(self, module_name: str, python: str = sys.executable) -> None:
+        # The attempts' tracebacks (deliberate crashes) go to a file, not the test output.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(  # noqa: S603 - fixed arguments
             [python, str(HERE / "launcher.py"), module_name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self.stderr,
             text=True,
             bufsize=1,
         )
@@ -76,7 +83,9 @@ class Launcher:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"launcher ended with {self.proc.wait()}")
+            self.stderr.seek(0)
+            tail = self.stderr.read()[-4000:].decode(errors="replace")
+            raise RuntimeError(f"launcher ended with {self.proc.wait()}:\n{tail}")
         return json.loads(line)
 
     def start(self, run_dir: Path, out: Path, env: dict[str, str] | None = None) -> int:
@@ -115,6 +124,7 @@ class Launcher:
         self.proc.wait(timeout=30)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+        self.stderr.close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ final arrays to ``OUT`` and exits 0; resuming from ``RUN_DIR`` is automatic.
 
 usage: python train_sgd.py RUN_DIR OUT  (the tests run it through launcher.py)
 env:   RECOVERLY_KILL_AT_IO, RECOVERLY_STEP_LOG (see _chaos.py),
-       RECOVERLY_STEP_SLEEP (seconds slept per step), RECOVERLY_CRASH_AT (raise at that step)
+       RECOVERLY_STEP_SLEEP (seconds slept per step), RECOVERLY_CRASH_AT (raise at that step),
+       RECOVERLY_ASYNC_SAVE (write checkpoints on a background thread)
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ def main(run_dir: str, out: str) -> None:
     x = data.normal(size=(SAMPLES, FEATURES))
     y = (x @ data.normal(size=FEATURES) + 0.3 * data.normal(size=SAMPLES) > 0).astype(np.int64)
 
-    run = ResumableRun(run_dir, seed=7, checkpoint_every=4, max_restarts_without_progress=limit)
+    run = ResumableRun(
+        run_dir,
+        seed=7,
+        checkpoint_every=4,
+        max_restarts_without_progress=limit,
+        async_save=bool(os.environ.get("RECOVERLY_ASYNC_SAVE")),
+    )
     clf = run.register("sgd", SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0))
     params = run.register("logreg", ArrayState(w=np.zeros(FEATURES), b=np.zeros(1)))
     noise = run.register("noise", np.random.default_rng(99))

@@ -6,12 +6,14 @@ per-epoch ``StepLR``, deterministic algorithms on the CPU. On success it
 writes the final parameters (and the optimizer's momentum buffers) to ``OUT``.
 
 usage: run through launcher.py (``main(run_dir, out)``)
-env:   RECOVERLY_KILL_AT_IO, RECOVERLY_STEP_LOG (see _chaos.py)
+env:   RECOVERLY_KILL_AT_IO, RECOVERLY_STEP_LOG (see _chaos.py),
+       RECOVERLY_STEP_SLEEP (seconds slept per step)
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from _chaos import StepLog, install_io_kill
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from recoverly.training import ResumableRun
+from recoverly.training import ResumableRun, ignore_preemption_signals
 
 EPOCHS, SAMPLES, BATCH, ACCUMULATE = 4, 160, 8, 2
 
@@ -34,12 +36,18 @@ def main(run_dir: str, out: str) -> None:
     install_io_kill()
     log = StepLog()
     # The kill test kills attempts before they checkpoint anything on purpose.
+    pause = float(os.environ.get("RECOVERLY_STEP_SLEEP", "0"))
     limit = None if os.environ.get("RECOVERLY_NO_CRASH_LOOP") else 3
     data = torch.Generator().manual_seed(123)  # the data set itself is fixed
     x = torch.randn(SAMPLES, 5, generator=data)
     y = (x[:, 0] - x[:, 1] > 0).long()
     loader = DataLoader(
-        TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=False
+        TensorDataset(x, y),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=False,
+        worker_init_fn=ignore_preemption_signals,  # a signal to the group must not kill them
     )
 
     run = ResumableRun(run_dir, seed=11, checkpoint_every=2, max_restarts_without_progress=limit)
@@ -59,6 +67,8 @@ def main(run_dir: str, out: str) -> None:
                 if run.batch % ACCUMULATE == 0:  # batches consumed this epoch, resumes included
                     optimizer.step()
                     optimizer.zero_grad()
+                    if pause:
+                        time.sleep(pause)
                     log.write(run.step + 1)
                     run.step_done(loss=loss.item())
             scheduler.step()
