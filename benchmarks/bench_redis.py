@@ -221,7 +221,7 @@ def report(results: dict[str, Result], trips: dict[str, float]) -> str:
         )
     lines += [
         "",
-        "Ratios (CLOSED success path, calls/s):",
+        "Ratios (median time per call or decision):",
         "",
         (
             f"- RedisBreakerStore vs pybreaker + CircuitRedisStorage: "

@@ -931,3 +931,13 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert env.extra["saved"] == [(i, i * 10) for i in (0, 1, 2, 3, 5)]
     assert task.apply(args=([0, 1, 2, 3, 4, 5],)).get() == expected  # redelivered: not rerun
     assert len(env.extra["saved"]) == 5
+
+
+# ---------------------------------------------------------------- concurrency
+@check("concurrency/tour")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    assert ns["answers"] == [0, 1, 2, 3, 4]
+    assert env.clock.sleeps == [pytest.approx(0.5)] * 3
+    assert ns["api"].statistics().delayed == 3
+    assert ns["rejected"] == "full"
+    assert ns["reports"].statistics().active == 0

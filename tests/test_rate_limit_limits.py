@@ -215,3 +215,20 @@ def test_threads_and_asyncio_tasks_share_one_limiter():
         t.join()
     assert len(store.admissions) == 400
     assert worst_excess(store.admissions, 20, 1.0, 4) <= 1e-6
+
+
+@pytest.mark.realtime
+@pytest.mark.anyio
+async def test_tasks_sleeping_on_the_real_clock_stay_within_the_bound():
+    """300 tasks awaiting aacquire on the system clock are spread out as the bound requires."""
+    store = RecordingStore()
+    rate, burst = 3000.0, 10
+    limiter = RateLimiter(rate, burst=burst, store=store, clock=SystemClock(), timeout=None)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(300):
+            group.start_soon(limiter.aacquire)
+    assert len(store.admissions) == 300
+    assert worst_excess(store.admissions, rate, 1.0, burst) <= 1e-6
+    times = sorted(now for now, _ in store.admissions)
+    assert times[-1] - times[0] >= (300 - burst) / rate - 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -29,9 +30,8 @@ def expire_lease(store: RedisTaskStore, key: str) -> None:
 
 def lose_delivery(store: RedisTaskStore, key: str, hostname: str) -> int:
     """A delivery that started on ``hostname`` and whose worker died (lease expired)."""
-    begin = store.begin(key, 30.0)
+    begin = store.begin(key, 30.0, record={"hostname": hostname})
     assert begin.kind == "owner"
-    store.record(key, "started", hostname=hostname, token=begin.token)
     expire_lease(store, key)
     return begin.token
 
@@ -271,7 +271,7 @@ def test_stale_copy_without_a_newer_result_raises_lease_lost(app, store):
     assert store.result("s2") == (False, None)
 
 
-def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store):
+def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store, caplog):
     """After 2 allowed redeliveries, a third lost worker sends the task to the dead letter."""
     runs: list[int] = []
 
@@ -282,9 +282,15 @@ def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store):
 
     for host in ("w1", "w2", "w3"):
         lose_delivery(store, "d", host)
-    with pytest.raises(TaskDeadLettered) as info:
+    with (
+        caplog.at_level(logging.ERROR, logger="recoverly"),
+        pytest.raises(TaskDeadLettered) as info,
+    ):
         job.apply(args=(1,), kwargs={KEY_ARGUMENT: "d"}).get()
     assert info.value.losses == 3
+    assert f"task {job.name} (d) moved to the dead letter after 3 lost deliveries" in (
+        caplog.messages
+    )
     assert runs == []
     (letter,) = store.dead_letters()
     assert (letter["key"], letter["losses"], letter["task"]) == ("d", 3, job.name)
@@ -379,3 +385,82 @@ def test_commit_with_needs_a_store(app):
 
     with pytest.raises(RuntimeError, match="commit_with needs a task_store"):
         job.apply().get()
+
+
+def test_giving_up_starts_the_attempt_count_afresh(app, store):
+    """After the policy gave up, the same work submitted again gets every attempt again."""
+    calls: list[int] = []
+
+    @resilient_task(app, retry=retry(max_attempts=3, delay=1.0), store=store)
+    def job(self):
+        calls.append(self.fencing_token)
+        raise ConnectionError("still down")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            job.apply(kwargs={KEY_ARGUMENT: "g"}).get()
+    assert calls == [1, 2, 3, 4, 5, 6]  # 3 attempts, then 3 more
+    assert [h["event"] for h in store.history("g")].count("failed") == 6
+
+
+def test_unreachable_store_fails_before_running(app):
+    """With the store's Redis down, an eager delivery raises its error and runs nothing."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry as RedisRetry
+
+    runs: list[int] = []
+    client = redis.Redis(port=1, socket_connect_timeout=0.5, retry=RedisRetry(NoBackoff(), 0))
+    down = RedisTaskStore(client)
+
+    @resilient_task(app, store=down)
+    def job(self):
+        runs.append(1)
+
+    with pytest.raises(redis.ConnectionError):
+        job.apply().get()
+    assert runs == []
+
+
+def test_store_from_a_url_has_bounded_socket_waits():
+    """A store built from a URL gets connect and read timeouts (a hung Redis cannot stall it)."""
+    store = RedisTaskStore("redis://127.0.0.1:6379/1")
+    kwargs = store.client.connection_pool.connection_kwargs
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (5.0, 10.0)
+
+
+def test_copies_racing_for_one_key_get_exactly_one_owner(store):
+    """Eight threads begin the same key at once: one owner, seven busy, one token issued."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    kinds: list[str] = []
+    lock = threading.Lock()
+
+    def copy() -> None:
+        barrier.wait()
+        begin = store.begin("race", 30.0)
+        with lock:
+            kinds.append(begin.kind)
+
+    threads = [threading.Thread(target=copy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(kinds) == ["busy"] * 7 + ["owner"]
+    assert int(store.client.get(store.key("race", "fence"))) == 1
+
+
+def test_only_the_newest_of_many_stale_owners_can_commit(store):
+    """Five takeovers in a row: every older token is refused, the newest writes."""
+    tokens = []
+    for _ in range(5):
+        tokens.append(store.begin("t", 30.0).token)
+        expire_lease(store, "t")
+    assert tokens == [1, 2, 3, 4, 5]
+    for stale in tokens[:-1]:
+        with pytest.raises(LeaseLost):
+            store.commit("t", stale, f"from {stale}")
+    store.commit("t", tokens[-1], "from 5")
+    assert store.result("t") == (True, "from 5")

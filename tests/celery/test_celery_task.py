@@ -315,3 +315,34 @@ def test_errors_survive_pickle_and_a_json_result_backend(error):
         assert copy.args == args
         assert str(copy) == str(original)
     assert "train-7" in str(original)
+
+
+def test_base_class_form_takes_a_key_function(app):
+    """idempotency_key_from given to @app.task is called with the arguments, not bound."""
+
+    @app.task(base=ResilientTask, bind=True, idempotency_key_from=lambda run_id: f"run-{run_id}")
+    def job(self, run_id):
+        return self.idempotency_key
+
+    assert job.apply(args=(5,)).get() == "run-5"
+
+
+def test_subclass_with_a_key_method_body(app):
+    """A ResilientTask subclass may define idempotency_key_from as a plain function."""
+
+    class KeyedTask(ResilientTask):
+        def idempotency_key_from(dataset_id, **_):  # noqa: N805 - called unbound
+            return f"dataset-{dataset_id}"
+
+    @app.task(base=KeyedTask, bind=True)
+    def job(self, dataset_id, verbose=False):
+        return self.idempotency_key
+
+    assert job.apply(args=(3,), kwargs={"verbose": True}).get() == "dataset-3"
+
+
+def test_surprising_retry_mapping_warns_at_the_callers_line(app):
+    """A retry mapping that retries forever warns, pointing at the resilient_task call."""
+    with pytest.warns(UserWarning, match="retries forever") as caught:
+        resilient_task(app, retry={"max_attempts": None})
+    assert caught[0].filename == __file__

@@ -3,7 +3,8 @@
 Configured through environment variables set by the test:
 
 - ``LOSS_BROKER_URL``  the broker (Redis or RabbitMQ)
-- ``LOSS_REDIS_URL``   Redis for the result backend and the task store
+- ``LOSS_REDIS_URL``   Redis for the result backend and the lists the test reads
+- ``LOSS_STORE_URL``   Redis for the task store (default: ``LOSS_REDIS_URL``)
 - ``LOSS_PREFIX``      key prefix of this test run (store keys and observation lists)
 - ``LOSS_QUEUE``       the queue of this test run
 - ``LOSS_CKPT_ROOT``   the checkpoint root
@@ -12,7 +13,8 @@ Configured through environment variables set by the test:
 - ``LOSS_VISIBILITY_SECONDS`` the Redis broker's visibility timeout
 
 The task appends to Redis lists the test reads: ``<prefix>:starts`` (the step each
-delivery started from) and ``<prefix>:begun`` (each step as it begins).
+delivery started from), ``<prefix>:pids`` (the process running each delivery) and
+``<prefix>:begun`` (each step as it begins).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import redis
 
 from celery import Celery
+from recoverly import retry
 from recoverly.celery import RedisTaskStore, configure_app, resilient_task
 
 BROKER = os.environ.get("LOSS_BROKER_URL", "redis://127.0.0.1:6379/1")
@@ -54,8 +57,9 @@ if BROKER.startswith("redis"):
         unacked_mutex_expire=3,
     )
 
-client = redis.Redis.from_url(REDIS_URL)
-store = RedisTaskStore(client, prefix=PREFIX, result_ttl=600, state_ttl=600)
+client = redis.Redis.from_url(REDIS_URL)  # the lists the test reads
+STORE_URL = os.environ.get("LOSS_STORE_URL", REDIS_URL)
+store = RedisTaskStore(STORE_URL, prefix=PREFIX, result_ttl=600, state_ttl=600)
 
 
 @resilient_task(
@@ -73,6 +77,7 @@ def train(self: Any, steps: int) -> dict[str, Any]:
     start = latest.step if latest is not None else 0
     total = latest.state["total"] if latest is not None else 0
     client.rpush(f"{PREFIX}:starts", start)
+    client.rpush(f"{PREFIX}:pids", os.getpid())
     for step in range(start, steps):
         self.lease.check()
         client.rpush(f"{PREFIX}:begun", step)
@@ -92,3 +97,18 @@ def crash(self: Any) -> None:
     """Kill the worker running it, every time (an OOM in a native library, say)."""
     client.rpush(f"{PREFIX}:crashes", self.request.hostname)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@resilient_task(
+    app,
+    retry=retry(max_attempts=3, delay=1.0, backoff=2.0, exceptions=ConnectionError),
+    store=store,
+    name="loss.flaky",
+)
+def flaky(self: Any, failures: int) -> int:
+    """Fail with ConnectionError the first ``failures`` times, recording when each attempt ran."""
+    client.rpush(f"{PREFIX}:attempts", f"{time.time()} {self.request.retries}")
+    if client.llen(f"{PREFIX}:attempts") <= failures:
+        msg = "upstream down"
+        raise ConnectionError(msg)
+    return failures

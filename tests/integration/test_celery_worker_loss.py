@@ -9,18 +9,26 @@ dead copy's lease still alive, and waits for it with a countdown. Either way the
 second delivery resumes at the checkpointed step, and the result and its side
 effect are written exactly once, under the new fencing token.
 
+With the prefork pool, killing only the pool process shows ``reject_on_worker_lost``:
+the worker requeues the message and a new pool process resumes it.
+
 Two more cases with real workers: a Redis visibility timeout shorter than the
 task (the broker hands a second copy to an idle worker while the first still
 runs; the copy waits for the lease and never reruns the work), and a task that
 kills its worker every time (after ``max_redeliveries`` it goes to the dead
-letter instead of looping forever).
+letter instead of looping forever). And the store's own Redis down when a task
+arrives: the message is kept through Celery's retry and runs once Redis is back. And
+the policy's backoff as the countdown Celery really waits in a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,7 +91,9 @@ def amqp_or_skip() -> None:
 class Worker:
     """One ``celery worker`` process; its log goes to a file the test can poll."""
 
-    def __init__(self, name: str, env: dict[str, str], queue: str, log: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], queue: str, log: Path, pool: str = "solo"
+    ) -> None:
         self.name = name
         self.log = log
         self.handle = log.open("wb")
@@ -95,7 +105,7 @@ class Worker:
                 "-A",
                 "celery_loss_app",
                 "worker",
-                "--pool=solo",
+                f"--pool={pool}",
                 "-c",
                 "1",
                 "-Q",
@@ -186,9 +196,9 @@ class Harness:
         with self.caller.connection_for_write() as conn:
             conn.default_channel.queue_delete(self.queue)
 
-    def worker(self, name: str) -> Worker:
+    def worker(self, name: str, pool: str = "solo") -> Worker:
         """Start a worker on this run's queue and wait until it consumes."""
-        worker = Worker(name, self.env, self.queue, self.tmp_path / f"{name}.log")
+        worker = Worker(name, self.env, self.queue, self.tmp_path / f"{name}.log", pool)
         self.jobs.append(worker.stop)
         worker.wait_ready()
         return worker
@@ -335,3 +345,92 @@ def test_task_that_kills_every_worker_goes_to_the_dead_letter(
     started_on = [e["hostname"].split("@")[0] for e in letter["history"] if e["event"] == "started"]
     assert started_on == ["w1", "w2"]
     print(f"\n[dead letter] after {elapsed:.1f} s, 3 workers")  # noqa: T201
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_killed_pool_process_is_requeued_and_resumes(
+    broker: str, tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """Prefork child SIGKILLed: reject_on_worker_lost requeues; a new child resumes once."""
+    h = Harness(broker, tmp_path, jobs)
+    h.env["LOSS_LEASE_SECONDS"] = "2"
+    started = time.monotonic()
+    worker = h.worker("w1", pool="prefork")
+    result = h.send("loss.train", STEPS)
+    wait_for(lambda: len(h.ints("begun")) >= 3, 20, "three steps in the pool process")
+    (child,) = h.ints("pids")
+    os.kill(child, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        value = result.get(timeout=30)
+    except Exception:
+        pytest.fail(f"no result; worker log:\n{worker.log.read_text()[-4000:]}")
+    elapsed = time.monotonic() - killed_at
+    assert worker.proc.poll() is None  # the main process lived on
+    starts = h.ints("starts")
+    assert len(starts) == 2, starts
+    assert starts[0] == 0
+    assert starts[1] > 0
+    first_pid, second_pid = h.ints("pids")
+    assert first_pid != second_pid  # a new pool process ran the requeued message
+    expected = sum(range(STEPS))
+    assert value == {"total": expected, "resumed_from": starts[1], "token": 2}
+    assert h.strings("effects") == [f"total={expected}"]
+    assert "WorkerLostError" in worker.log.read_text()
+    print(  # noqa: T201
+        f"\n[{broker} prefork] child killed after {killed_at - started:.1f} s, "
+        f"result {elapsed:.1f} s later, resumed at step {starts[1]}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_store_outage_keeps_the_message_until_redis_is_back(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """The store's Redis is down when the task arrives: Celery retries it, it then runs once."""
+    server_binary = shutil.which("redis-server")
+    if server_binary is None:
+        pytest.skip("redis-server is not installed (needed for a private store server)")
+    h = Harness("redis", tmp_path, jobs)
+    port = free_port()
+    h.env.update(LOSS_STORE_URL=f"redis://127.0.0.1:{port}/0", LOSS_LEASE_SECONDS="2")
+    worker = h.worker("w1")
+    result = h.send("loss.train", 3)
+    wait_for(lambda: result.state == "RETRY", 20, "the retry after the store failed")
+    assert h.ints("starts") == []  # nothing ran unguarded
+    assert "ConnectionError" in worker.log.read_text()
+    server = subprocess.Popen(  # noqa: S603 - a private server on a free port
+        [server_binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs.append(lambda: (server.kill(), server.wait(10)))
+    value = result.get(timeout=30)
+    assert value == {"total": 3, "resumed_from": 0, "token": 1}
+    assert h.ints("starts") == [0]
+    private = redis.Redis(port=port)
+    jobs.append(private.close)
+    assert private.lrange(f"{h.prefix}:effects", 0, -1) == [b"total=3"]
+
+
+def test_policy_backoff_is_the_real_worker_countdown(
+    tmp_path: Path, jobs: list[Callable[[], object]]
+) -> None:
+    """In a real worker, two failures come back after the policy's 1 s and 2 s countdowns."""
+    h = Harness("redis", tmp_path, jobs)
+    h.worker("w1")
+    result = h.send("loss.flaky", 2)
+    assert result.get(timeout=30) == 2
+    attempts = [line.split() for line in h.strings("attempts")]
+    assert [int(retries) for _, retries in attempts] == [0, 1, 2]  # Celery's own retries
+    times = [float(at) for at, _ in attempts]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[0] >= 1.0  # the first countdown: delay
+    assert gaps[1] >= 2.0  # the second: delay * backoff
+    history = [e["event"] for e in h.history()]
+    assert history == ["started", "failed", "started", "failed", "started", "succeeded"]

@@ -180,6 +180,7 @@ def test_released_probe_slot_admits_another_probe(
     assert b.acquire()[0] < 0
     a.release(first)
     assert b.snapshot().probes_in_flight == 0
+    clock.advance(0.02)  # b asks Redis again no sooner than 10 ms after its refusal
     assert b.acquire()[0] == first
 
 
@@ -198,6 +199,7 @@ def test_lost_probe_slot_is_reclaimed_after_its_lease(
     assert a.acquire()[0] >= 0  # this "process" dies holding the slot
     assert b.acquire()[0] < 0
     client.hset(hash_key(redis_prefix), "l", "0")  # the lease ran out
+    clock.advance(0.02)
     assert b.acquire()[0] >= 0
     assert b.snapshot().probes_in_flight == 1
 
@@ -297,13 +299,14 @@ def test_closed_success_path_sends_no_command(private_redis: Any, clock: ManualC
 
 
 def test_change_reaches_other_store_through_pubsub_fast(
-    make_store: MakeStore, clock: ManualClock
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
 ) -> None:
     """With pub/sub, another store sees an opening long before its cache_ttl re-read."""
     a = breaker_on(make_store(cache_ttl=30.0), clock)
     b_store = make_store(cache_ttl=30.0)
     breaker_on(b_store, clock)
-    time.sleep(0.05)  # let b's watcher subscribe
+    channel = hash_key(redis_prefix) + ":changes"
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 2)  # both watchers listen
     fail(a, 3)
     took = wait_for(lambda: b_store.fast < 0, seconds=1.0)
     assert took < 1.0
@@ -396,7 +399,10 @@ def test_outage_falls_back_to_a_local_breaker_and_recovers(
         assert breaker.state is CircuitState.OPEN
         with pytest.raises(CircuitBreakerError):
             breaker.call(ok)
-        wait_for(lambda: other.degraded)  # its watcher notices on its own
+        # The other store's watcher notices on its own and logs its own warning.
+        wait_for(lambda: sum(r.levelno == logging.WARNING for r in caplog.records) >= 2)
+        time.sleep(0.3)  # more reconnection attempts fail meanwhile: they must not warn again
+        assert other.degraded
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len([r for r in warnings if "'outage'" in r.getMessage()]) == 2  # one per store
         assert all("local in-memory breaker" in r.getMessage() for r in warnings)
@@ -604,3 +610,57 @@ def test_fail_closed_store_reports_open_while_down(clock: ManualClock) -> None:
         assert info.value.retry_after == 60
     finally:
         store.close()
+
+
+def test_full_probe_slots_are_asked_for_at_most_every_10_ms(
+    make_store: MakeStore, redis_url: str, redis_prefix: str, clock: ManualClock
+) -> None:
+    """While another process holds the probe slot, a hundred calls cost one round trip."""
+    sent: list[str] = []
+    counting = redis.Redis.from_url(redis_url)
+    inner = counting.execute_command
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return inner(*args, **options)
+
+    counting.execute_command = execute_command  # type: ignore[method-assign]
+    a = make_store()
+    b = RedisBreakerStore(counting, "svc", prefix=redis_prefix, cache_ttl=60)
+    try:
+        breaker_on(a, clock)
+        breaker_on(b, clock)
+        for _ in range(3):
+            a.on_failure(a.acquire()[0], 0.0)
+        admin = redis.Redis.from_url(redis_url)
+        admin.hset(hash_key(redis_prefix), "u", "0")
+        admin.close()
+        clock.advance(11)
+        assert a.acquire()[0] >= 0  # a holds the only probe slot
+        b.snapshot()  # b's copy: HALF_OPEN
+        before = len(sent)
+        refused = [b.acquire() for _ in range(100)]
+        assert all(r[0] < 0 and r[1] is CircuitState.HALF_OPEN for r in refused)
+        assert len(sent) - before == 1
+        clock.advance(0.011)
+        assert b.acquire()[0] < 0
+        assert len(sent) - before == 2
+    finally:
+        b.close()
+        counting.close()
+
+
+@pytest.mark.realtime
+def test_lost_message_is_repaired_by_the_periodic_read(
+    make_store: MakeStore, client: Any, redis_prefix: str, clock: ManualClock
+) -> None:
+    """A change that was never published (a lost message) reaches the copy within cache_ttl."""
+    ttl = 0.3
+    store = make_store(cache_ttl=ttl)
+    breaker_on(store, clock)
+    channel = hash_key(redis_prefix) + ":changes"
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)
+    client.hset(hash_key(redis_prefix), mapping={"s": "forced_open", "g": 7})  # no PUBLISH
+    took = wait_for(lambda: store.reject_until == float("inf"), seconds=5.0)
+    assert took <= ttl + 0.25
+    assert store.fast == -1

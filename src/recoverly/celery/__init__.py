@@ -15,6 +15,8 @@ if find_spec("celery") is None or find_spec("redis") is None:  # pragma: no cove
     raise ImportError(msg)
 
 from recoverly.celery._lease import Lease as Lease
+from recoverly.celery.decorator import configure_app as configure_app
+from recoverly.celery.decorator import resilient_task as resilient_task
 from recoverly.celery.errors import LeaseHeld as LeaseHeld
 from recoverly.celery.errors import LeaseLost as LeaseLost
 from recoverly.celery.errors import TaskDeadLettered as TaskDeadLettered
@@ -22,8 +24,6 @@ from recoverly.celery.store import Begin as Begin
 from recoverly.celery.store import RedisTaskStore as RedisTaskStore
 from recoverly.celery.task import KEY_ARGUMENT as KEY_ARGUMENT
 from recoverly.celery.task import ResilientTask as ResilientTask
-from recoverly.celery.task import configure_app as configure_app
-from recoverly.celery.task import resilient_task as resilient_task
 
 __all__ = [
     "KEY_ARGUMENT",

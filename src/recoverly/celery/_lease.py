@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from recoverly._core.clock import SystemClock
 from recoverly.celery.errors import LeaseLost
 from recoverly.celery.store import RedisTaskStore
 
@@ -18,7 +20,7 @@ _log = logging.getLogger("recoverly")
 class Lease:
     """The lease a running task holds, with its fencing token.
 
-    A daemon thread renews the lease every third of ``seconds``. When a renewal
+    The process's heartbeat thread renews the lease every third of ``seconds``. When a renewal
     finds the lease gone (it expired while the process was stalled, and another
     copy may have taken over), :attr:`lost` becomes true and :meth:`check`
     raises :class:`~recoverly.celery.LeaseLost`: long loops call it once per
@@ -36,7 +38,7 @@ class Lease:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_lost", "_stop", "_thread", "key", "seconds", "store", "token")
+    __slots__ = ("_lost", "key", "seconds", "store", "token")
 
     def __init__(self, store: RedisTaskStore, key: str, token: int, seconds: float) -> None:
         self.store = store
@@ -44,8 +46,6 @@ class Lease:
         self.token = token
         self.seconds = seconds
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else "held"
@@ -78,25 +78,12 @@ class Lease:
 
     # ------------------------------------------------------------ heartbeat
     def start(self) -> None:
-        """Start the heartbeat thread."""
-        self._thread = threading.Thread(
-            target=self._beat, name=f"recoverly-lease-{self.token}", daemon=True
-        )
-        self._thread.start()
+        """Have the process's heartbeat thread renew this lease from now on."""
+        HEARTBEAT.add(self)
 
     def stop(self) -> None:
-        """Stop the heartbeat thread and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _beat(self) -> None:
-        interval = self.seconds / 3.0
-        while not self._stop.wait(interval):
-            if not self._renew():
-                _log.warning("task %s lost its lease (token %d)", self.key, self.token)
-                self._lost.set()
-                return
+        """Stop renewing this lease (it is released by the commit or the finish)."""
+        HEARTBEAT.remove(self)
 
     def _renew(self) -> bool:
         """Renew once; a Redis error counts as "still ours" until the TTL says otherwise."""
@@ -105,3 +92,55 @@ class Lease:
         except Exception:
             _log.warning("could not renew the lease of task %s", self.key, exc_info=True)
             return True
+
+
+class _Heartbeat:
+    """One daemon thread per process that renews every held lease when it falls due.
+
+    Started on first use and again in a forked child (a pool process), so a
+    delivery costs no thread start. Renewals run outside the lock.
+    """
+
+    __slots__ = ("_clock", "_cond", "_due", "_pid")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Lease, float] = {}
+        self._pid = 0
+        self._clock = SystemClock()  # leases live in Redis time, never a test clock
+
+    def add(self, lease: Lease) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # first lease in this process
+                self._pid = os.getpid()
+                self._due = {}
+                threading.Thread(target=self._run, name="recoverly-leases", daemon=True).start()
+            self._due[lease] = self._clock.monotonic() + lease.seconds / 3.0
+            self._cond.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self._cond:
+            self._due.pop(lease, None)
+
+    def _held(self, lease: Lease) -> bool:
+        with self._cond:
+            return lease in self._due
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = self._clock.monotonic()
+                due = [lease for lease, at in self._due.items() if at <= now]
+                for lease in due:
+                    self._due[lease] = now + lease.seconds / 3.0
+                if not due:
+                    self._cond.wait(min(self._due.values(), default=now + 60.0) - now)
+                    continue
+            for lease in due:
+                if not lease._renew() and self._held(lease):
+                    _log.warning("task %s lost its lease (token %d)", lease.key, lease.token)
+                    lease._lost.set()
+                    self.remove(lease)
+
+
+HEARTBEAT = _Heartbeat()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,8 @@ class Begin:
         failures: Failed attempts recorded so far (``"owner"`` only).
         result: The stored result (``"done"`` only).
         retry_after: Seconds until the busy lease expires (``"busy"`` only).
+        newly_dead: This call marked the task dead (``"dead"`` only): the caller
+            files it in the dead letter.
 
     .. versionadded:: 0.2
     """
@@ -60,6 +62,7 @@ class Begin:
     failures: int = 0
     result: Any = None
     retry_after: float = 0.0
+    newly_dead: bool = False
 
 
 def _text(value: object) -> str:
@@ -70,7 +73,9 @@ class RedisTaskStore:
     """Task results, leases, fencing tokens and the dead letter in Redis.
 
     Args:
-        client: A ``redis.Redis`` client or a ``redis://`` URL.
+        client: A ``redis.Redis`` client or a ``redis://`` URL (a client made from a
+            URL times out after 5 s connecting and 10 s reading; give your own
+            client for other settings, and give it timeouts too).
         prefix: Prefix of every key this store writes.
         result_ttl: How long a finished task's result is kept (seconds or a
             ``timedelta``); redeliveries within this time return it. ``None``
@@ -114,7 +119,9 @@ class RedisTaskStore:
         p = Problems()
         given: object = client
         if isinstance(given, str):
-            given = redis.Redis.from_url(given)
+            # Bounded waits: a hung Redis must not stall the heartbeat (and every
+            # lease of the process) forever.
+            given = redis.Redis.from_url(given, socket_timeout=10.0, socket_connect_timeout=5.0)
         elif not isinstance(given, redis.Redis):
             p._bad(f"client must be a redis.Redis or a redis:// URL, got {client!r}", kind=True)
         self.prefix = p.optional_name("prefix", prefix) or "recoverly:celery"
@@ -143,26 +150,43 @@ class RedisTaskStore:
         return f"{self.prefix}:dead-letter"
 
     # ------------------------------------------------------------ lease protocol
-    def begin(self, idempotency_key: str, lease_seconds: float) -> Begin:
+    def begin(
+        self,
+        idempotency_key: str,
+        lease_seconds: float,
+        *,
+        max_redeliveries: int | None = None,
+        record: Mapping[str, object] | None = None,
+    ) -> Begin:
         """Take the lease for ``idempotency_key`` unless the task is done, dead or busy.
+
+        One script decides, atomically: a stored result wins, then the dead mark,
+        then a live lease; then the cap (more than ``max_redeliveries`` deliveries
+        that started and never finished marks the task dead); otherwise this copy
+        becomes the owner with a new fencing token.
 
         Args:
             idempotency_key: The task's idempotency key.
             lease_seconds: The lease's time to live (renewed by the heartbeat).
+            max_redeliveries: The cap on lost deliveries; ``None``: no cap.
+            record: Details of a ``"started"`` history entry written when this
+                copy becomes the owner (``token`` and ``lost_before`` are added).
 
         Returns:
             What was found; with ``kind == "owner"`` this copy holds the lease.
         """
         k = idempotency_key
+        entry = "" if record is None else self._entry("started", record)
+        cap = -1 if max_redeliveries is None else max_redeliveries
         reply = self._begin(
-            keys=[self.key(k, part) for part in ("result", "lease", "fence", "state")],
-            args=[_ms(lease_seconds), _ms(self.state_ttl)],
+            keys=[self.key(k, part) for part in ("result", "lease", "fence", "state", "history")],
+            args=[_ms(lease_seconds), _ms(self.state_ttl), cap, entry],
         )
         kind, *rest = (_text(x) for x in reply)
         if kind == "done":
             return Begin("done", result=json.loads(rest[0])["result"])
         if kind == "dead":
-            return Begin("dead", losses=int(rest[0]))
+            return Begin("dead", losses=int(rest[0]), newly_dead=rest[1] == "1")
         if kind == "busy":
             return Begin("busy", retry_after=max(int(rest[0]), 0) / 1000.0)
         return Begin("owner", token=int(rest[0]), losses=int(rest[1]), failures=int(rest[2]))
@@ -179,6 +203,8 @@ class RedisTaskStore:
         token: int,
         result: object,
         writes: Sequence[Callable[[Any], object]] = (),
+        *,
+        record: Mapping[str, object] | None = None,
     ) -> None:
         """Store ``result`` and free the lease, if ``token`` is still the newest.
 
@@ -188,6 +214,7 @@ class RedisTaskStore:
             result: A JSON-serialisable result.
             writes: Callables that queue more Redis commands on a pipeline; they
                 are applied in the same transaction as the result, or not at all.
+            record: Details of a ``"succeeded"`` history entry written with the result.
 
         Raises:
             LeaseLost: A newer token was issued: nothing was written.
@@ -202,19 +229,26 @@ class RedisTaskStore:
             )
             raise TypeError(msg) from exc
         k = idempotency_key
+        entry = "" if record is None else self._entry("succeeded", record)
         if writes:
-            done = self._commit_with(k, token, payload, writes)
+            done = self._commit_with(k, token, payload, writes, entry)
         else:
-            keys = [self.key(k, "fence"), self.key(k, "lease"), self.key(k, "result")]
+            parts = ("fence", "lease", "result", "state", "history")
             done = self._commit(
-                keys=[*keys, self.key(k, "state")], args=[token, payload, _ms(self.result_ttl)]
+                keys=[self.key(k, part) for part in parts],
+                args=[token, payload, _ms(self.result_ttl), entry],
             )
         if not done:
             self.finish(k, token)
             raise LeaseLost(k, token)
 
     def _commit_with(
-        self, key: str, token: int, payload: str, writes: Sequence[Callable[[Any], object]]
+        self,
+        key: str,
+        token: int,
+        payload: str,
+        writes: Sequence[Callable[[Any], object]],
+        entry: str,
     ) -> bool:
         """The commit as a WATCH/MULTI transaction that also runs ``writes``."""
         fence, lease = self.key(key, "fence"), self.key(key, "lease")
@@ -232,16 +266,36 @@ class RedisTaskStore:
                 if holder is not None and int(_text(holder)) == token:
                     pipe.delete(lease)
                 pipe.hincrby(self.key(key, "state"), "finished", 1)
+                if entry:
+                    pipe.rpush(self.key(key, "history"), entry)
+                    pipe.ltrim(self.key(key, "history"), -_HISTORY_LIMIT, -1)
                 pipe.execute()
             except redis.WatchError:
                 return False
         return True
 
-    def finish(self, idempotency_key: str, token: int, *, failed: bool = False) -> None:
-        """End a delivery that stored no result: count it finished and free the lease."""
+    def finish(
+        self,
+        idempotency_key: str,
+        token: int,
+        *,
+        outcome: str = "",
+        record: Mapping[str, object] | None = None,
+    ) -> None:
+        """End a delivery that stored no result: count it finished and free the lease.
+
+        Args:
+            idempotency_key: The task's idempotency key.
+            token: The fencing token of the delivery.
+            outcome: ``"retry"`` counts a failed attempt; ``"gave-up"`` resets the
+                count, so a later submission of the same work starts afresh.
+            record: Details of a ``"failed"`` history entry.
+        """
         k = idempotency_key
+        entry = "" if record is None else self._entry("failed", record)
         self._finish(
-            keys=[self.key(k, "lease"), self.key(k, "state")], args=[token, int(failed), 0]
+            keys=[self.key(k, "lease"), self.key(k, "state"), self.key(k, "history")],
+            args=[token, outcome, entry],
         )
 
     def fenced(self, idempotency_key: str, token: int, write: Callable[[Any], object]) -> None:
@@ -269,17 +323,21 @@ class RedisTaskStore:
                 raise LeaseLost(idempotency_key, token) from exc
 
     # ------------------------------------------------------------ history and dead letter
-    def record(self, idempotency_key: str, event: str, /, **details: object) -> None:
-        """Append one entry to the task's delivery history (newest last, bounded)."""
+    def _entry(self, event: str, details: Mapping[str, object]) -> str:
+        """One history entry as a JSON object: event, wall time, hostname, details."""
         entry = {
             "event": event,
             "at": resolve(self._clock).wall(),
-            "hostname": details.pop("hostname", None) or socket.gethostname(),
             **details,
+            "hostname": details.get("hostname") or socket.gethostname(),
         }
+        return json.dumps(entry, default=repr)
+
+    def record(self, idempotency_key: str, event: str, /, **details: object) -> None:
+        """Append one entry to the task's delivery history (newest last, bounded)."""
         history = self.key(idempotency_key, "history")
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(history, json.dumps(entry, default=repr))
+            pipe.rpush(history, self._entry(event, details))
             pipe.ltrim(history, -_HISTORY_LIMIT, -1)
             if self.state_ttl is not None:
                 pipe.pexpire(history, _ms(self.state_ttl))
@@ -291,22 +349,23 @@ class RedisTaskStore:
         return [json.loads(_text(x)) for x in raw]
 
     def dead_letter(
-        self, idempotency_key: str, token: int, losses: int, /, **details: object
+        self, idempotency_key: str, losses: int, /, **details: object
     ) -> dict[str, Any]:
-        """Mark the task dead, free its lease and push it with its history to the dead letter.
+        """Push the task, with its history, to the dead letter list.
+
+        :meth:`begin` marks the task dead (atomically, once); the copy that did
+        calls this to file it.
 
         Returns:
             The dead letter entry that was stored.
         """
-        k = idempotency_key
         entry = {
-            "key": k,
+            "key": idempotency_key,
             "losses": losses,
             "at": resolve(self._clock).wall(),
             **details,
-            "history": self.history(k),
+            "history": self.history(idempotency_key),
         }
-        self._finish(keys=[self.key(k, "lease"), self.key(k, "state")], args=[token, 0, 1])
         with self.client.pipeline(transaction=True) as pipe:
             pipe.lpush(self.dead_letter_key, json.dumps(entry, default=repr))
             pipe.ltrim(self.dead_letter_key, 0, self.dead_letter_limit - 1)

@@ -19,7 +19,9 @@ What a resilient task does on each delivery, in order:
    over) and frees the lease.
 
 The class sets ``acks_late = True`` and ``reject_on_worker_lost = True``; see
-:func:`configure_app` and ``docs/celery.md`` for why.
+:func:`~recoverly.celery.configure_app` and ``docs/celery.md`` for why.
+:func:`~recoverly.celery.resilient_task` (in ``decorator.py``) registers a
+function on it.
 
 .. versionadded:: 0.2
 """
@@ -28,19 +30,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import redis
 from celery.exceptions import Ignore, Reject  # type: ignore[import-untyped]
 from celery.exceptions import Retry as CeleryRetry
 
-from celery import Celery, Task  # type: ignore[import-untyped]
-from recoverly._core.validate import Duration, Problems
+from celery import Task  # type: ignore[import-untyped]
 from recoverly.celery._lease import Lease
+from recoverly.celery._options import validate_options
 from recoverly.celery.errors import LeaseHeld, LeaseLost, TaskDeadLettered
 from recoverly.celery.store import Begin, RedisTaskStore
 from recoverly.retry import Retry
@@ -48,12 +51,13 @@ from recoverly.retry import Retry
 if TYPE_CHECKING:
     from recoverly.training import CheckpointManager
 
-__all__ = ["KEY_ARGUMENT", "ResilientTask", "configure_app", "resilient_task"]
+__all__ = ["KEY_ARGUMENT", "ResilientTask"]
 
 #: The keyword argument that carries an explicit idempotency key; it is removed
 #: before the function is called.
 KEY_ARGUMENT = "idempotency_key"
 
+_log = logging.getLogger("recoverly")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -67,39 +71,6 @@ class _Run:
     on_commit: list[Callable[[Any], object]] = field(default_factory=list)
 
 
-def _options(
-    retry_policy: object,
-    task_store: object,
-    lease_seconds: object,
-    max_redeliveries: object,
-    checkpoint_root: object,
-    idempotency_key_from: object,
-) -> dict[str, Any]:
-    """Validate the resilience options; return them normalised (all problems at once)."""
-    p = Problems()
-    if isinstance(retry_policy, Mapping):
-        try:
-            retry_policy = Retry(**retry_policy, _stacklevel=4)
-        except (TypeError, ValueError) as exc:
-            p._bad(f"retry: {exc}", kind=isinstance(exc, TypeError))
-            retry_policy = None
-    options: dict[str, Any] = {
-        "retry_policy": p.optional_instance("retry", retry_policy, Retry),
-        "task_store": p.optional_instance("store", task_store, RedisTaskStore),
-        "lease_seconds": p.duration("lease_seconds", lease_seconds, positive=True),
-        "max_redeliveries": p.optional_int_at_least("max_redeliveries", max_redeliveries, 0),
-        "idempotency_key_from": p.optional_callable("key", idempotency_key_from),
-        "checkpoint_root": None,
-    }
-    if checkpoint_root is not None:
-        if isinstance(checkpoint_root, (str, os.PathLike)):
-            options["checkpoint_root"] = Path(checkpoint_root)
-        else:
-            p._bad(f"checkpoint_root must be a path or None, got {checkpoint_root!r}", kind=True)
-    p.raise_if_any()
-    return options
-
-
 class ResilientTask(Task):  # type: ignore[misc]
     """A Celery task base class with recoverly's retry, idempotency and leases.
 
@@ -109,7 +80,7 @@ class ResilientTask(Task):  # type: ignore[misc]
                   task_store=store, checkpoint_root="/var/ckpt")
         def train(self, run_id): ...
 
-    or through :func:`resilient_task`, which validates the options at once.
+    or through :func:`~recoverly.celery.resilient_task`, which validates the options at once.
 
     Attributes:
         retry_policy: A :class:`~recoverly.Retry` (from ``retry(...)``); a failure it
@@ -149,7 +120,7 @@ class ResilientTask(Task):  # type: ignore[misc]
         key_from = cls.__dict__.get("idempotency_key_from")
         if isinstance(key_from, staticmethod):
             key_from = key_from.__func__
-        options = _options(
+        options = validate_options(
             cls.retry_policy,
             cls.task_store,
             cls.lease_seconds,
@@ -279,21 +250,63 @@ class ResilientTask(Task):  # type: ignore[misc]
             except (CeleryRetry, Ignore, Reject):
                 raise
             except Exception as exc:
-                self._retry_or_raise(exc, self.request.retries + 1)
+                wait = self._retry_wait(exc, self.request.retries + 1)
+                if wait is not None:
+                    self._retry(exc, wait)
                 raise
-        begin = store.begin(key, self.lease_seconds)
+        request = self.request
+        where = {"hostname": request.hostname, "task_id": request.id}
+        try:
+            begin = store.begin(
+                key,
+                self.lease_seconds,
+                max_redeliveries=self.max_redeliveries,
+                record={**where, "retries": request.retries},
+            )
+        except redis.RedisError as exc:
+            # The store is unreachable: keep the message (bounded by max_retries)
+            # rather than run unguarded or fail for good.
+            if request.is_eager or request.called_directly:
+                raise
+            raise self.retry(exc=exc, countdown=self.lease_seconds) from exc
         if begin.kind != "owner":
-            return self._not_owner(store, key, begin)
+            return self._not_owner(store, key, begin, args, kwargs)
         return self._own(store, key, begin, args, kwargs)
 
-    def _not_owner(self, store: RedisTaskStore, key: str, begin: Begin) -> Any:
+    def _not_owner(
+        self,
+        store: RedisTaskStore,
+        key: str,
+        begin: Begin,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         request = self.request
         if begin.kind == "done":
             return begin.result
         if begin.kind == "dead":
+            if begin.newly_dead:  # this copy found one loss too many: file it
+                _log.error(
+                    "task %s (%s) moved to the dead letter after %d lost deliveries",
+                    self.name,
+                    key,
+                    begin.losses,
+                )
+                store.dead_letter(
+                    key,
+                    begin.losses,
+                    task=self.name,
+                    args=args,
+                    kwargs=kwargs,
+                    hostname=request.hostname,
+                    task_id=request.id,
+                )
             raise TaskDeadLettered(key, begin.losses)
         # Another live copy holds the lease: come back when it would have expired.
         wait = begin.retry_after + min(1.0, self.lease_seconds / 10.0)
+        _log.info(
+            "task %s (%s) is running elsewhere; checking again in %.1fs", self.name, key, wait
+        )
         store.record(key, "busy", hostname=request.hostname, task_id=request.id, wait=wait)
         if request.is_eager or request.called_directly:
             msg = f"task {key!r} is running elsewhere; retry in {wait:.1f} s"
@@ -310,13 +323,6 @@ class ResilientTask(Task):  # type: ignore[misc]
     ) -> Any:
         request = self.request
         where = {"hostname": request.hostname, "task_id": request.id, "token": begin.token}
-        cap = self.max_redeliveries
-        if cap is not None and begin.losses > cap:
-            store.dead_letter(
-                key, begin.token, begin.losses, task=self.name, args=args, kwargs=kwargs, **where
-            )
-            raise TaskDeadLettered(key, begin.losses)
-        store.record(key, "started", retries=request.retries, lost_before=begin.losses, **where)
         lease = Lease(store, key, begin.token, self.lease_seconds)
         run = _Run(key, lease, self._checkpoint_dir(key))
         request.recoverly_run = run
@@ -333,9 +339,15 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise
         except Exception as exc:
             lease.stop()
-            store.finish(key, begin.token, failed=True)
-            store.record(key, "failed", exception=f"{type(exc).__name__}: {exc}", **where)
-            self._retry_or_raise(exc, begin.failures + 1)
+            wait = self._retry_wait(exc, begin.failures + 1)
+            store.finish(
+                key,
+                begin.token,
+                outcome="gave-up" if wait is None else "retry",
+                record={**where, "exception": f"{type(exc).__name__}: {exc}"},
+            )
+            if wait is not None:
+                self._retry(exc, wait)
             raise
         except BaseException:
             lease.stop()
@@ -343,10 +355,9 @@ class ResilientTask(Task):  # type: ignore[misc]
             raise
         lease.stop()
         try:
-            store.commit(key, begin.token, result, run.on_commit)
+            store.commit(key, begin.token, result, run.on_commit, record=where)
         except LeaseLost:
             return self._superseded(store, key, begin.token)
-        store.record(key, "succeeded", **where)
         if begin.failures and self.retry_policy is not None:
             self.retry_policy._finished(self.name, begin.failures + 1, None, None)
         return result
@@ -361,95 +372,22 @@ class ResilientTask(Task):  # type: ignore[misc]
         # The newer copy reports the task's state; this one must not overwrite it.
         raise Ignore
 
-    def _retry_or_raise(self, exc: Exception, failures: int) -> None:
-        """Hand ``exc`` to Celery's retry with the policy's wait; return to re-raise it."""
+    def _retry_wait(self, exc: Exception, failures: int) -> float | None:
+        """Return the policy's countdown for retrying ``exc``, or ``None`` to give up."""
         policy = self.retry_policy
         if policy is None or self.request.called_directly or not policy._retryable(exc):
-            return
+            return None
         decision = policy._next_delay(failures, exc, None, 0.0)
         if isinstance(decision, str):
             policy._finished(self.name, failures, exc, decision)
-            return
+            return None
         policy._scheduled(self.name, failures, exc, decision)
-        raise self.retry(exc=exc, countdown=decision, max_retries=self.request.retries + 1)
+        return decision
 
-
-def configure_app(app: Celery, *, visibility_timeout: Duration | None = None) -> None:
-    """Set the worker settings long resilient tasks need on ``app``.
-
-    - ``worker_prefetch_multiplier = 1``: a worker reserves one message per
-      process, so a worker that dies takes no waiting messages down with it
-      (they would only come back after the visibility timeout or reconnect).
-    - ``task_acks_late = True`` and ``task_reject_on_worker_lost = True`` for
-      every task of the app (``ResilientTask`` sets them on itself anyway).
-
-    Args:
-        app: The Celery application.
-        visibility_timeout: For the Redis and SQS brokers: seconds after which an
-            unacknowledged message is delivered again. Make it longer than your
-            longest task unless its copies are guarded by a ``task_store``.
-
-    .. versionadded:: 0.2
-    """
-    p = Problems()
-    seconds = p.optional_duration("visibility_timeout", visibility_timeout, positive=True)
-    p.raise_if_any()
-    app.conf.worker_prefetch_multiplier = 1
-    app.conf.task_acks_late = True
-    app.conf.task_reject_on_worker_lost = True
-    if seconds is not None:
-        options = dict(app.conf.broker_transport_options or {})
-        options["visibility_timeout"] = seconds
-        app.conf.broker_transport_options = options
-
-
-def resilient_task(
-    app: Celery,
-    retry: Retry | Mapping[str, Any] | None = None,
-    *,
-    store: RedisTaskStore | None = None,
-    lease_seconds: Duration = 30.0,
-    max_redeliveries: int | None = 3,
-    checkpoint_root: str | os.PathLike[str] | None = None,
-    key: Callable[..., str] | None = None,
-    bind: bool = True,
-    **options: Any,
-) -> Callable[[Callable[..., Any]], Any]:
-    """Register a function as a :class:`ResilientTask` of ``app``.
-
-    Args:
-        app: The Celery application.
-        retry: A :class:`~recoverly.Retry` (``retry(max_attempts=4, delay=2)``) or
-            a mapping of ``retry()`` arguments. ``None``: no retries.
-        store: A :class:`~recoverly.celery.RedisTaskStore` for idempotent results,
-            leases and the redelivery cap. ``None``: none of those.
-        lease_seconds: The lease's time to live (renewed while the task runs).
-        max_redeliveries: Runs allowed after a lost worker; ``None``: no cap.
-        checkpoint_root: Parent directory of each task's ``checkpoint_dir``.
-        key: ``(*args, **kwargs) -> str`` giving the idempotency key.
-        bind: Pass the task as the first argument (``self``), as Celery's
-            ``bind=True`` does.
-        **options: Other ``app.task`` options (``name=``, ``queue=``, ...).
-
-    Returns:
-        A decorator that returns the registered task.
-
-    Raises:
-        TypeError, ValueError: An option is invalid (all problems in one message).
-
-    .. versionadded:: 0.2
-    """
-    validated = _options(retry, store, lease_seconds, max_redeliveries, checkpoint_root, key)
-    key_from = validated.pop("idempotency_key_from")
-    if key_from is not None:
-        validated["idempotency_key_from"] = staticmethod(key_from)
-
-    def decorate(fn: Callable[..., Any]) -> Any:
-        return app.task(base=ResilientTask, bind=bind, **validated, **options)(fn)
-
-    return decorate
+    def _retry(self, exc: Exception, countdown: float) -> NoReturn:
+        """Send the task back to the queue through Celery's own retry."""
+        # recoverly's policy is the limit: Celery's max_retries must not stop it first.
+        raise self.retry(exc=exc, countdown=countdown, max_retries=self.request.retries + 1)
 
 
 ResilientTask.__module__ = "recoverly.celery"
-configure_app.__module__ = "recoverly.celery"
-resilient_task.__module__ = "recoverly.celery"

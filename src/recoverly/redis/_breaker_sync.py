@@ -20,7 +20,7 @@ from recoverly.redis._link import ERRORS, LOG, text
 from recoverly.stores import BreakerSnapshot, Transition
 
 if TYPE_CHECKING:
-    from recoverly.redis.breaker_store import RedisBreakerStore
+    from recoverly.redis._breaker_copy import SharedCopy
 
 __all__ = ["REAL", "close_quietly", "snapshot_of", "tick", "transitions", "watch"]
 
@@ -49,7 +49,7 @@ def snapshot_of(reply: list[Any]) -> BreakerSnapshot:
     )
 
 
-def tick(store: RedisBreakerStore, pubsub: Any) -> tuple[Any, float]:
+def tick(store: SharedCopy, pubsub: Any) -> tuple[Any, float]:
     """One round of the watcher; return its pub/sub object and how long to wait."""
     outage = store._outage
     if outage.down:
@@ -107,7 +107,7 @@ def close_quietly(pubsub: Any) -> None:
         pubsub.close()
 
 
-def watch(ref: weakref.ref[RedisBreakerStore], stop: threading.Event) -> None:
+def watch(ref: weakref.ref[SharedCopy], stop: threading.Event) -> None:
     """The watcher thread: ends when the store is closed or garbage-collected."""
     pubsub: Any = None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import threading
 from typing import Any
@@ -24,7 +25,15 @@ SOCKET_TIMEOUT = 0.25
 
 
 def make_client(client: Any) -> redis.Redis:
-    """Return ``client``, or a client with short timeouts when it is a URL string."""
+    """Return ``client``, or a client with short timeouts when it is a URL string.
+
+    Raises:
+        TypeError: ``client`` is neither a URL nor a synchronous redis-py client.
+    """
+    command = getattr(client, "execute_command", None)
+    if not isinstance(client, str) and (command is None or inspect.iscoroutinefunction(command)):
+        msg = f"client must be a redis.Redis client or a URL string, got {client!r}"
+        raise TypeError(msg)
     if isinstance(client, str):
         return redis.Redis.from_url(
             client,

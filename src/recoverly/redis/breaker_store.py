@@ -11,17 +11,15 @@ any round trip. The guide is ``docs/distributed.md``.
 from __future__ import annotations
 
 import math
-import os
 import threading
-import weakref
 from typing import Any
 
-from recoverly._core.clock import MAX_SLEEP, Clock, resolve
+from recoverly._core.clock import MAX_SLEEP, Clock
 from recoverly._core.validate import Problems
 from recoverly.errors import CircuitState
-from recoverly.redis._breaker_sync import REAL, snapshot_of, transitions, watch
-from recoverly.redis._link import ERRORS, Outage, Script, check_name, make_client, text
-from recoverly.redis._scripts import BREAKER
+from recoverly.redis._breaker_copy import SharedCopy, track_forks
+from recoverly.redis._breaker_sync import REAL, snapshot_of, transitions
+from recoverly.redis._link import Outage, check_name, make_client, text
 from recoverly.stores import (
     NOT_OPEN,
     REJECTED,
@@ -34,7 +32,6 @@ from recoverly.stores import (
 
 __all__ = ["RedisBreakerStore"]
 
-_SCRIPT = Script(BREAKER)
 _CLOSED, _OPEN = CircuitState.CLOSED, CircuitState.OPEN
 _HALF_OPEN, _FORCED_OPEN, _DISABLED = (
     CircuitState.HALF_OPEN,
@@ -42,10 +39,14 @@ _HALF_OPEN, _FORCED_OPEN, _DISABLED = (
     CircuitState.DISABLED,
 )
 _NONE: tuple[Transition, ...] = ()
-Reply = list[Any]
+
+#: Seconds a process waits before asking Redis again for a probe slot after
+#: finding them all taken: without it, every call of every process would be a
+#: round trip while a probe runs.
+HALF_OPEN_RECHECK = 0.01
 
 
-class RedisBreakerStore:
+class RedisBreakerStore(SharedCopy):
     """A :class:`~recoverly.stores.BreakerStore` kept in Redis, for breakers shared by processes.
 
     Pass ``CircuitBreaker(..., store=RedisBreakerStore(client, "payments"))`` in
@@ -55,7 +56,8 @@ class RedisBreakerStore:
 
     Cost: a CLOSED breaker's successful call and a call rejected while OPEN make
     no round trip; a counted failure, the first success after failures and each
-    OPEN -> HALF_OPEN -> CLOSED step make one ``EVALSHA``. HALF_OPEN admits
+    OPEN -> HALF_OPEN -> CLOSED step make one ``EVALSHA``. While the probe
+    slots are taken, a process asks for one at most every 10 ms. HALF_OPEN admits
     ``half_open_max_calls`` probes across all processes together; a slot whose
     process died is reclaimed after ``probe_lease`` seconds. Hooks and events
     fire once, in the process that made the change.
@@ -94,30 +96,7 @@ class RedisBreakerStore:
     .. versionadded:: 0.2
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_cache",
-        "_channel",
-        "_client",
-        "_clock",
-        "_config",
-        "_key",
-        "_local",
-        "_lock",
-        "_outage",
-        "_owns_client",
-        "_refreshed_at",
-        "_settings",
-        "_stop",
-        "_thread",
-        "cache_ttl",
-        "fail_open",
-        "fast",
-        "name",
-        "probe_lease",
-        "reject_until",
-        "subscribe",
-    )
+    __slots__ = ()
 
     def __init__(
         self,
@@ -153,6 +132,7 @@ class RedisBreakerStore:
         self._local: InMemoryBreakerStore | None = None
         self._outage = Outage(f"circuit breaker {name!r}", retry, REAL.monotonic)
         self._refreshed_at = -math.inf
+        self._recheck_at = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fast = -1
@@ -187,27 +167,8 @@ class RedisBreakerStore:
             repr(self.probe_lease),
         )
         self._refresh()
-        _BOUND.add(self)
+        track_forks(self)
         self._start_watcher()
-
-    def _start_watcher(self) -> None:
-        thread = threading.Thread(
-            target=watch,
-            args=(weakref.ref(self), self._stop),
-            name=f"recoverly-redis-breaker-{self.name}",
-            daemon=True,
-        )
-        self._thread = thread
-        thread.start()
-
-    def _after_fork(self) -> None:
-        """In a forked child: fresh locks and a watcher of its own (threads do not survive fork)."""
-        self._lock = threading.Lock()
-        self._outage.after_fork()
-        if self._thread is not None and not self._stop.is_set():
-            self._stop = threading.Event()
-            self._refreshed_at = -math.inf  # re-read at once: the parent's copy may be old
-            self._start_watcher()
 
     def close(self) -> None:
         """Stop the watcher thread and close the connections (the state stays in Redis).
@@ -220,102 +181,6 @@ class RedisBreakerStore:
             thread.join(timeout=2.0)
         if self._owns_client:
             self._client.close()
-
-    def _now(self) -> float:
-        return resolve(self._clock).monotonic()
-
-    def _run(self, op: str, permit: int = 0, target: str = "") -> tuple[Reply, float] | None:
-        """Run one script operation; ``None`` (and a fallback) when Redis is unreachable."""
-        if self._config is None:
-            msg = "RedisBreakerStore is not bound to a CircuitBreaker yet"
-            raise RuntimeError(msg)
-        sent = self._now()
-        try:
-            reply = _SCRIPT.run(
-                self._client, (self._key, self._channel), (op, permit, *self._settings, target)
-            )
-        except ERRORS as exc:
-            self._fall_back(exc)
-            return None
-        return reply, sent
-
-    def _fall_back(self, exc: BaseException) -> None:
-        """Switch to the local fallback (one WARNING per outage)."""
-        config = self._config
-        if config is None:  # pragma: no cover - only bound stores talk to Redis
-            return
-        what = "a local in-memory breaker runs" if self.fail_open else "every call is rejected"
-        with self._lock:
-            if self.fail_open and self._local is None:
-                local = InMemoryBreakerStore()
-                local.bind(config, self._clock)
-                self._local = local
-            self._outage.fail(exc, what)
-            self._mirror()
-
-    def _mirror(self) -> None:
-        """Publish the fallback's hints (call with the lock held or from the fallback path)."""
-        local = self._local
-        if local is not None:
-            self.reject_until = local.reject_until
-            self.fast = local.fast
-        else:
-            self.fast = -1
-            self.reject_until = NOT_OPEN
-
-    def _recover(self, reply: Reply, sent: float) -> None:
-        """Redis answers again: drop the fallback and adopt the shared state."""
-        with self._lock:
-            self._local = None
-            self._outage.recovered()
-        self._apply(reply, sent, authoritative=True)
-
-    def _apply(self, reply: Reply, sent: float, *, authoritative: bool = False) -> None:
-        """Adopt the state in a script reply as the local copy."""
-        state, gen, cons, left = text(reply[1]), int(reply[2]), int(reply[3]), text(reply[4])
-        self._set(state, gen, cons, left, sent, authoritative=authoritative)
-
-    def _set(
-        self, state_name: str, gen: int, cons: int, left: str, at: float, *, authoritative: bool
-    ) -> None:
-        state = CircuitState(state_name)
-        with self._lock:
-            if self._outage.down:
-                return
-            if not authoritative and gen < self._cache[1]:
-                return  # an older reply overtaken by a newer one
-            self._cache = (state, gen, cons)
-            if state is _OPEN:
-                self.fast = -1
-                self.reject_until = at + float(left)
-            elif state is _FORCED_OPEN:
-                self.fast = -1
-                self.reject_until = math.inf
-            else:
-                self.reject_until = NOT_OPEN
-                quiet = state is _DISABLED or (state is _CLOSED and cons == 0)
-                self.fast = gen if quiet else -1
-            if authoritative:
-                self._refreshed_at = REAL.monotonic()
-
-    def _refresh(self) -> bool:
-        """Re-read the shared state; return whether Redis answered."""
-        result = self._run("read")
-        if result is None:
-            return False
-        reply, sent = result
-        if self._outage.down:
-            self._recover(reply, sent)
-        else:
-            self._apply(reply, sent, authoritative=True)
-        return True
-
-    def _on_message(self, data: object) -> None:
-        """Apply a published change: ``"<generation> <state> <consecutive> <left>"``."""
-        gen, state, cons, *left = text(data).split(" ")
-        self._set(
-            state, int(gen), int(cons), left[0] if left else "", self._now(), authoritative=False
-        )
 
     def _outcome(self, op: str, permit: int) -> tuple[Transition, ...]:
         result = self._run(op, permit)
@@ -345,6 +210,22 @@ class RedisBreakerStore:
         """Admit or reject one call (a round trip only when OPEN is due or HALF_OPEN)."""
         if self._outage.down:
             return self._degraded_acquire()
+        decided = self._decide_locally()
+        if decided is not None:
+            return decided
+        result = self._run("acquire")
+        if result is None:
+            return self._degraded_acquire()
+        reply, sent = result
+        self._apply(reply, sent)
+        permit, state = int(reply[0]), CircuitState(text(reply[1]))
+        if permit < 0 and state is _HALF_OPEN:
+            self._recheck_at = sent + HALF_OPEN_RECHECK
+        left_text = text(reply[4])
+        return permit, state, float(left_text) if left_text else None, transitions(reply)
+
+    def _decide_locally(self) -> Admission | None:
+        """The admission the local copy can give without a round trip, if any."""
         state, gen, _ = self._cache
         if state is _CLOSED or state is _DISABLED:
             return gen, state, None, _NONE
@@ -354,18 +235,9 @@ class RedisBreakerStore:
             left = self.reject_until - self._now()
             if left > 0:
                 return REJECTED, state, left, _NONE
-        result = self._run("acquire")
-        if result is None:
-            return self._degraded_acquire()
-        reply, sent = result
-        self._apply(reply, sent)
-        left_text = text(reply[4])
-        return (
-            int(reply[0]),
-            CircuitState(text(reply[1])),
-            float(left_text) if left_text else None,
-            transitions(reply),
-        )
+        elif state is _HALF_OPEN and self._now() < self._recheck_at:
+            return REJECTED, state, None, _NONE  # the probe slots were all taken just now
+        return None
 
     def _degraded_acquire(self) -> Admission:
         local = self._local
@@ -462,18 +334,5 @@ class RedisBreakerStore:
             f"generation={gen} failures={cons}{mode}>"
         )
 
-
-#: Bound stores, so that a forked child (gunicorn --preload, Celery prefork) restarts
-#: their watchers: without one, a child's copy of the state would never change.
-_BOUND: weakref.WeakSet[RedisBreakerStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_BOUND):
-        store._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 RedisBreakerStore.__module__ = "recoverly.redis"
