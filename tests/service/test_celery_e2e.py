@@ -71,6 +71,10 @@ def start_worker(tmp_path, database_url, queue, n):
         "--pool=solo",
         "-Q",
         queue,
+        # A name of its own: the remote-control queue is named after it, and other
+        # workers may share the broker.
+        "-n",
+        f"{queue}-{n}@%h",
         "--without-heartbeat",
         "--without-gossip",
         "--without-mingle",
