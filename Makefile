@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The reference service trains and predicts under injected faults, reports the recovery,
+# then keeps serving (dashboard URL printed). `recoverly demo --no-serve --fast` exits.
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/recoverly demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

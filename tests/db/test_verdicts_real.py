@@ -304,3 +304,15 @@ def test_aiosqlite_locked_database(tmp_path):
         FailureKind.BUSY,
         Verdict.RETRY_WITH_BACKOFF,
     )
+
+
+def test_sqlite_closed_database_with_invalidation_is_a_lost_connection(tmp_path):
+    """A closed SQLite connection (a ProgrammingError SQLAlchemy marks invalidated) is reconnect."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with engine.connect() as conn:
+        conn.connection.dbapi_connection.close()
+        closed = _raised(lambda: conn.execute(text("SELECT 1")))
+    engine.dispose()
+    assert isinstance(closed, sa.exc.ProgrammingError)
+    assert closed.connection_invalidated
+    assert classify(closed).verdict is Verdict.RECONNECT_AND_RETRY

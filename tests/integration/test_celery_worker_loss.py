@@ -111,7 +111,7 @@ class Worker:
                 "-Q",
                 queue,
                 "-n",
-                f"{name}@%h",
+                f"{name}@{queue}",  # unique per run: the broker is shared
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",

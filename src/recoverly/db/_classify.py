@@ -188,6 +188,24 @@ def _sqlite_busy(err: BaseException) -> str | None:
     return "SQLITE_BUSY" if any(t in text for t in _SQLITE_BUSY_TEXT) else None
 
 
+def _by_sqlalchemy(exc: BaseException) -> DbFailure | None:
+    """What SQLAlchemy's own exception says, before any code is read."""
+    if isinstance(exc, _NEVER) and exc.connection_invalidated:
+        # The dialect says the connection is gone, whatever class the driver chose
+        # (SQLite's "Cannot operate on a closed database" is a ProgrammingError).
+        state = _sqlstate(_driver_error(exc))
+        return DbFailure(FailureKind.CONNECTION_LOST, state, "connection invalidated")
+    if isinstance(exc, _NEVER):
+        return DbFailure(
+            FailureKind.NOT_RETRYABLE, _sqlstate(_driver_error(exc)), type(exc).__name__
+        )
+    if isinstance(exc, sa_exc.TimeoutError):
+        return DbFailure(FailureKind.POOL_TIMEOUT, None, "connection pool timed out")
+    if isinstance(exc, sa_exc.DisconnectionError):
+        return DbFailure(FailureKind.CONNECTION_LOST, None, "disconnected")
+    return None
+
+
 def classify(exc: BaseException) -> DbFailure:  # noqa: PLR0911 - one branch per source of truth
     """Classify ``exc`` (a SQLAlchemy or driver exception) for retrying.
 
@@ -199,14 +217,9 @@ def classify(exc: BaseException) -> DbFailure:  # noqa: PLR0911 - one branch per
 
     .. versionadded:: 0.1
     """
-    if isinstance(exc, _NEVER):
-        return DbFailure(
-            FailureKind.NOT_RETRYABLE, _sqlstate(_driver_error(exc)), type(exc).__name__
-        )
-    if isinstance(exc, sa_exc.TimeoutError):
-        return DbFailure(FailureKind.POOL_TIMEOUT, None, "connection pool timed out")
-    if isinstance(exc, sa_exc.DisconnectionError):
-        return DbFailure(FailureKind.CONNECTION_LOST, None, "disconnected")
+    decided = _by_sqlalchemy(exc)
+    if decided is not None:
+        return decided
     invalidated = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     err = _driver_error(exc)
     # MySQL drivers carry a SQLSTATE too (1213 deadlock is 40001 there): the errno
