@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import write_section
-from recoverly.db.bulk import DEFAULT_BATCH_SIZE, safe_bulk_insert
+from recoverly.db.bulk import DEFAULT_COPY_BATCH_SIZE, safe_bulk_insert
 
 PG_URL = os.environ.get(
     "RECOVERLY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -279,7 +279,8 @@ def _markdown(n: int, repeats: int, sample: int, med: dict[str, float]) -> str:
         "",
         (
             f"{n:,} rows into PostgreSQL (local server) with psycopg 3, median of {repeats} "
-            f'interleaved runs, `batch_size={DEFAULT_BATCH_SIZE}`, `method="copy"`. Bad rows '
+            f"interleaved runs, `batch_size={DEFAULT_COPY_BATCH_SIZE}` (the COPY default), "
+            '`method="copy"`. Bad rows '
             "are spread over five kinds in turn: unique (existing key), NOT NULL, CHECK, "
             "foreign key, bad type. Clean cases load the good rows of the 0.1 % set. Row by row "
             f"= INSERT + COMMIT per row, measured on {sample:,} rows and scaled (marked *)."

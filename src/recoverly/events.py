@@ -35,6 +35,8 @@ __all__ = [
     "CallRejected",
     "CallSucceeded",
     "ChaosInjected",
+    "CheckpointSaveFailed",
+    "CheckpointSaved",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
@@ -209,6 +211,29 @@ class BatchItemFailed(Event):
     index: int
     exception: BaseException
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved(Event):
+    """A checkpoint of ``step`` was committed in ``duration`` seconds (``size`` bytes).
+
+    .. versionadded:: 0.2
+    """
+
+    step: int
+    duration: float
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaveFailed(Event):
+    """Saving the checkpoint of ``step`` failed with ``exception``.
+
+    .. versionadded:: 0.2
+    """
+
+    step: int
+    exception: BaseException
 
 
 @dataclass(frozen=True, slots=True)

@@ -507,3 +507,16 @@ def test_installing_again_with_other_settings_is_refused():
             rp.install(reg, calls=False)
     finally:
         handle.uninstall()
+
+
+def test_real_checkpoint_saves_are_exported(registry, tmp_path):
+    """A CheckpointManager save shows up as a saved checkpoint with its duration."""
+    pytest.importorskip("numpy", reason="recoverly.training needs NumPy")
+    from recoverly.training import CheckpointManager
+
+    manager = CheckpointManager(tmp_path, name="trainer")
+    manager.save(1, {"w": [1.0, 2.0]})
+    manager.save(2, {"w": [3.0, 4.0]})
+    saves = "recoverly_checkpoint_saves_total"
+    assert value(registry, saves, name="trainer", outcome="saved") == 2
+    assert value(registry, "recoverly_checkpoint_save_duration_seconds_count", name="trainer") == 2

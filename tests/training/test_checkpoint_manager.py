@@ -405,3 +405,23 @@ def test_saves_from_several_threads_never_overlap(tmp_path):
     mgr.close()
     assert store.max_active == 1
     assert len(mgr.list()) == 12
+
+
+def test_saves_and_failed_saves_are_events(tmp_path, clock):
+    """CheckpointSaved carries step, duration and size; a failed save emits CheckpointSaveFailed."""
+    from recoverly import events as ev
+
+    seen: list[object] = []
+    ev.subscribe(seen.append, (ev.CheckpointSaved, ev.CheckpointSaveFailed))
+    store = FlakyStore(tmp_path, [])
+    mgr = CheckpointManager(store, clock=clock, name="trainer")
+    info = mgr.save(1, state_for(1))
+    store.errors = [errno.ENOSPC]
+    with pytest.raises(OSError, match="No space left"):
+        mgr.save(2, state_for(2))
+    saved, failed = seen
+    assert isinstance(saved, ev.CheckpointSaved)
+    assert (saved.name, saved.step, saved.size) == ("trainer", 1, info.size)
+    assert saved.duration >= 0
+    assert isinstance(failed, ev.CheckpointSaveFailed)
+    assert (failed.name, failed.step, failed.exception.errno) == ("trainer", 2, errno.ENOSPC)

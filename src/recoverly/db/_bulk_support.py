@@ -109,8 +109,14 @@ def statement(db: Session, mapper: Mapper[Any], on_conflict: str | None, *, orm:
 
 
 def as_row(mapper: Mapper[Any], keys: frozenset[str], record: object) -> dict[str, Any] | str:
-    """The column values of ``record`` (dict or mapped instance), or why it cannot be used."""
-    if isinstance(record, Mapping):
+    """The column values of ``record`` (dict or mapped instance), or why it cannot be used.
+
+    A plain ``dict`` is used as it is (nothing downstream changes a row); other
+    mappings are copied into one.
+    """
+    if type(record) is dict:
+        row: dict[str, Any] = record
+    elif isinstance(record, Mapping):
         row = dict(record)
     elif isinstance(record, mapper.class_):
         state = sa_inspect(record)

@@ -57,8 +57,9 @@ savepoints).
 **Batch size.** ``batch_size`` (default 200) is the largest batch. A bad row
 costs about one re-send of its batch, a batch a fixed overhead (savepoint,
 statement), so while many rows turn out bad the batches shrink to about
-``sqrt(75 / bad_share)`` rows (27 at 10 % bad) and grow back as the share
-falls; see ``benchmarks/bench_db_bulk.py`` and ``bench_db_copy.py``.
+``sqrt(400 / bad_share)`` rows for INSERT (63 at 10 % bad; 1000 instead of 400
+for COPY) and grow back as the share falls; see ``benchmarks/bench_db_bulk.py``
+and ``bench_db_copy.py``.
 
 .. versionadded:: 0.1
 """
@@ -80,15 +81,24 @@ from recoverly.db._copy import CopyPlan, copy_rows
 from recoverly.db._suspects import copy_line, suspects
 from recoverly.db.savepoint import check_savepoints
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_COMMIT_EVERY", "safe_bulk_insert"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_COMMIT_EVERY",
+    "DEFAULT_COPY_BATCH_SIZE",
+    "safe_bulk_insert",
+]
 
 R = TypeVar("R")
 
 #: Rows per INSERT batch when ``batch_size`` is not given (see the module docs).
 DEFAULT_BATCH_SIZE = 200
+#: Rows per COPY batch when ``batch_size`` is not given: a COPY waits for the server
+#: at the end of each batch, so small batches lose the overlap of sending and loading.
+DEFAULT_COPY_BATCH_SIZE = 1000
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
-_OVERHEAD_ROWS = 75  # a batch's fixed cost (savepoint, statement) in rows' worth of time
+_OVERHEAD_ROWS = 400  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
+_COPY_OVERHEAD_ROWS = 1000  # the same for COPY, whose rows are ~10x cheaper
 _MIN_BATCH = 8
 
 # None means NULL (not "omit the column"), so every row of a batch has the same
@@ -229,7 +239,7 @@ def safe_bulk_insert(
     db: Session,
     model_class: type[Any],
     records: Iterable[R],
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     *,
     on_conflict: Literal["skip"] | None = None,
     commit: bool = True,
@@ -244,7 +254,8 @@ def safe_bulk_insert(
         records: Dicts of attribute values, or instances of ``model_class``
             (their loaded column attributes are inserted; they are not added
             to the session).
-        batch_size: Rows per INSERT batch (``>= 1``).
+        batch_size: The largest batch (``>= 1``); default 200 rows per INSERT,
+            1 000 per COPY.
         on_conflict: ``"skip"``: rows that collide with an existing row on a
             unique key are skipped (``ON CONFLICT DO NOTHING``; PostgreSQL and
             SQLite). Such records count as done: they are in the first list,
@@ -284,7 +295,7 @@ def safe_bulk_insert(
     p = Problems()
     if not isinstance(mapper, Mapper):
         p._bad(f"model_class must be a mapped ORM class, got {model_class!r}", kind=True)
-    size = p.int_at_least("batch_size", batch_size, 1)
+    size = None if batch_size is None else p.int_at_least("batch_size", batch_size, 1)
     every = p.int_at_least("commit_every", commit_every, 1)
     if on_conflict not in (None, "skip"):
         p._bad(f"on_conflict must be None or 'skip', got {on_conflict!r}")
@@ -295,6 +306,8 @@ def safe_bulk_insert(
     p.raise_if_any()
     mapper = cast("Mapper[Any]", mapper)
     run = _Run(db, mapper, on_conflict, method)
+    if size is None:
+        size = DEFAULT_BATCH_SIZE if run.copy is None else DEFAULT_COPY_BATCH_SIZE
     check_savepoints(db.connection(bind_arguments={"mapper": mapper}))
     load = _Load(run, commit=commit, commit_every=every)
     try:
@@ -356,12 +369,13 @@ class _Load:
 
         A bad row costs about one re-send of its batch, a batch costs a fixed
         overhead worth about ``_OVERHEAD_ROWS`` rows; the batch size that
-        minimises both is ``sqrt(_OVERHEAD_ROWS / bad_share)`` (about 270 rows
-        at 0.1 % bad, 27 at 10 %).
+        minimises both is ``sqrt(overhead / bad_share)``: for INSERT (overhead
+        about 400 rows) 200 rows at 1 % bad, 63 at 10 %; for COPY (1000) 316 at 1 %.
         """
         if self.bad_share <= 0:
             return limit
-        return max(_MIN_BATCH, min(limit, round(math.sqrt(_OVERHEAD_ROWS / self.bad_share))))
+        overhead = _OVERHEAD_ROWS if self.run.copy is None else _COPY_OVERHEAD_ROWS
+        return max(_MIN_BATCH, min(limit, round(math.sqrt(overhead / self.bad_share))))
 
     def batch(self, records: list[Any], rows: list[dict[str, Any]]) -> None:
         """Insert one batch and commit when enough rows are pending."""

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from recoverly._core.bus import BUS
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
+from recoverly.events import CheckpointSaved, CheckpointSaveFailed
 from recoverly.retry import Retry
 from recoverly.training import _codec
 from recoverly.training._atomic import is_transient_io_error, lower_thread_priority
@@ -226,11 +228,21 @@ class CheckpointManager:
     def _write(
         self, name: str, enc: _codec.Encoded, step: int, metrics: dict[str, float], at: float
     ) -> CheckpointInfo:
-        self._cleanup()
-        info: CheckpointInfo = self._retry(write_entry)(
-            self.store, name, enc, step=step, metrics=metrics, created_at=at
-        )
-        self._prune(keep=name)
+        clock = resolve(self._clock)
+        started = clock.monotonic()
+        label = self.name or str(self.store.location(""))
+        try:
+            self._cleanup()
+            info: CheckpointInfo = self._retry(write_entry)(
+                self.store, name, enc, step=step, metrics=metrics, created_at=at
+            )
+            self._prune(keep=name)
+        except Exception as exc:
+            if BUS.wants(CheckpointSaveFailed):
+                BUS.emit(CheckpointSaveFailed(label, step, exc))
+            raise
+        if BUS.wants(CheckpointSaved):
+            BUS.emit(CheckpointSaved(label, step, clock.monotonic() - started, info.size))
         return info
 
     def _background(
