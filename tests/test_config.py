@@ -378,6 +378,24 @@ def test_a_bad_reconfiguration_changes_nothing(clock):
         recoverly.breaker("new")
 
 
+def test_a_warning_raised_as_error_while_building_changes_nothing(clock):
+    """A constructor warning turned into an error (filterwarnings=error) aborts cleanly."""
+    recoverly.configure(PAYMENTS, clock=clock)
+    bulkhead = recoverly.bulkhead_policy("payments")
+    own = RateLimiter(10, name="mine")  # the configuration below reuses its name: a warning
+    bad = {
+        "bulkheads": {"payments": {"max_concurrent": 1}},  # replaced before the limiter warns
+        "rate_limiters": {"mine": {"rate": 5}},
+    }
+    with pytest.raises(UserWarning, match="another live RateLimiter is named 'mine'"):
+        recoverly.configure(bad, clock=clock)
+    assert recoverly.bulkhead_policy("payments") is bulkhead
+    assert registry.bulkheads()["payments"] is bulkhead
+    assert registry.limiters()["mine"] is own
+    with pytest.raises(LookupError):
+        recoverly.rate_limiter("mine")
+
+
 # ---------------------------------------------------------------- reconfiguration
 def test_reconfiguring_keeps_an_open_breaker_open(clock):
     """A breaker that stays configured keeps its state and takes the new settings in place."""

@@ -162,7 +162,9 @@ class _Build:
         kind = _REGISTERED.get(section)
         if kind is not None and previous is not None:  # let the replacement take the name
             REGISTRY.unregister(kind, name, previous)
-            self.undo.append(_call(REGISTRY.register, kind, name, previous))
+        holder = previous if kind is None else REGISTRY.live(kind).get(name, previous)
+        if kind is not None and holder is not None:  # listed again if this build fails
+            self.undo.append(_call(REGISTRY.register, kind, name, holder))
         built = self.construct(section, name, settings, named=True)
         if built is not None:
             self.objects[section][name] = built
@@ -267,15 +269,17 @@ def configure(
     with _lock:
         current = _current[0]
         build = _Build(current, clock, report)
-        for section, named in entries.items():
-            for name, settings in named.items():
-                build.entry(section, name, settings)
-        for name, parts in pipelines.items():
-            build.pipeline(name, parts, entries)
-        if report.lines:
+        try:
+            for section, named in entries.items():
+                for name, settings in named.items():
+                    build.entry(section, name, settings)
+            for name, parts in pipelines.items():
+                build.pipeline(name, parts, entries)
+            report.raise_if_any()
+        except BaseException:  # a problem, or a constructor's warning turned into an error
             for undo in reversed(build.undo):
                 undo()
-            report.raise_if_any()
+            raise
         for commit in build.commits:
             commit()
         _current[0] = _State(build.objects, entries, clock)
@@ -395,19 +399,34 @@ class NamedPipeline:
             TypeError: ``fn`` is a generator function.
         """
         kind = decoratable_kind("pipeline", fn)
-        name = self.name
+        name, current = self.name, _current
+        # (configuration, composed wrapper) last used: one identity check per call
+        # while the configuration stays; a tuple, so it is replaced atomically.
+        memo: list[tuple[object, Callable[..., Any]]] = [(None, fn)]
+
+        def composed() -> Callable[..., Any]:
+            state = current[0]
+            built: Callable[..., Any] = _lookup("pipelines", name)(fn)
+            memo[0] = (state, built)
+            return built
+
         if kind is Kind.ASYNC:
-            afn = cast("Callable[..., Awaitable[Any]]", fn)
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await _lookup("pipelines", name)._composed(afn)(*args, **kwargs)
+                state, built = memo[0]
+                if state is not current[0]:
+                    built = composed()
+                return await built(*args, **kwargs)
 
             return cast("Callable[P, T]", async_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return cast("T", _lookup("pipelines", name)._composed(fn)(*args, **kwargs))
+            state, built = memo[0]
+            if state is not current[0]:
+                built = composed()
+            return cast("T", built(*args, **kwargs))
 
         return wrapper
 
