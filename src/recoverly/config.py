@@ -66,7 +66,7 @@ _REGISTERED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _State:
     """One complete configuration: built objects and the settings they came from."""
 
@@ -113,6 +113,8 @@ def _same(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------- building
 class _Build:
     """Everything one call to :func:`configure` builds, with how to commit or undo it."""
+
+    __slots__ = ("clock", "commits", "current", "objects", "report", "undo")
 
     def __init__(self, current: _State, clock: Clock | None, report: Report) -> None:
         self.current, self.clock, self.report = current, clock, report
