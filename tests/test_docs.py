@@ -590,6 +590,17 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert retry_part.statistics().retries == fault.statistics().injected
 
 
+@check("pipeline/configure")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    import recoverly
+
+    assert ns["calls"] == [7, 7]  # the third attempt was rejected by the open breaker
+    assert isinstance(ns["rejected"], CircuitBreakerError)
+    assert ns["state"] is CircuitState.OPEN
+    assert recoverly.retry_policy("payments").max_attempts == 5
+    assert recoverly.breaker("payments").failure_count == 2
+
+
 @check("pipeline/throttle")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     sent, refused = len(ns["sent"]), ns["refused_locally"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import time
 from collections.abc import Callable
@@ -390,7 +391,7 @@ def test_call_and_acall_refuse_the_wrong_kind() -> None:
 
 def test_call_cache_forgets_the_oldest_function(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``.call`` cache is bounded: past its size the oldest function is dropped."""
-    monkeypatch.setattr("recoverly.pipeline.CACHE_SIZE", 2)
+    monkeypatch.setattr(importlib.import_module("recoverly.pipeline"), "CACHE_SIZE", 2)
     pipeline = Pipeline(retry(delay=0))
     fns = [lambda i=i: i for i in range(3)]
     assert [pipeline.call(f) for f in fns] == [0, 1, 2]

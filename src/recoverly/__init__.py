@@ -11,6 +11,7 @@ optional extras.
 import typing as _typing
 
 from recoverly import chaos as chaos
+from recoverly import config as config
 from recoverly import events as events
 from recoverly import registry as registry
 from recoverly.backoff import RetryStrategy as RetryStrategy
@@ -23,6 +24,13 @@ from recoverly.bulkhead import Bulkhead as Bulkhead
 from recoverly.bulkhead import BulkheadStatistics as BulkheadStatistics
 from recoverly.circuit_breaker import CircuitBreaker as CircuitBreaker
 from recoverly.circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
+from recoverly.config import breaker as breaker
+from recoverly.config import bulkhead_policy as bulkhead_policy
+from recoverly.config import configure as configure
+from recoverly.config import pipeline as pipeline
+from recoverly.config import rate_limiter as rate_limiter
+from recoverly.config import retry_policy as retry_policy
+from recoverly.config import timeout_policy as timeout_policy
 from recoverly.errors import BulkheadFullError as BulkheadFullError
 from recoverly.errors import CircuitBreakerError as CircuitBreakerError
 from recoverly.errors import CircuitState as CircuitState
@@ -99,18 +107,26 @@ __all__ = [
     "abatch_with_retry",
     "asafe_execute",
     "batch_with_retry",
+    "breaker",
     "breakers",
+    "bulkhead_policy",
     "bulkheads",
     "chaos",
+    "config",
+    "configure",
     "events",
     "fallback",
     "hedge",
     "limiters",
+    "pipeline",
+    "rate_limiter",
     "registry",
     "retry",
+    "retry_policy",
     "retrying",
     "safe_execute",
     "timeout",
+    "timeout_policy",
 ]
 
 

@@ -327,6 +327,19 @@ class BreakerCore:
         if permit == self.generation and self.state is HALF_OPEN and self.in_flight > 0:
             self.in_flight -= 1
 
+    def reconfigure(self, config: BreakerConfig) -> None:
+        """Use ``config`` from now on, keeping the state, counts and current OPEN period.
+
+        The sliding window is kept when its shape (rule on or off, type, size)
+        is unchanged, and replaced by an empty one otherwise.
+        """
+        old = self.config
+        self.config = config
+        shape = (config.uses_window, config.window_type, config.window_size)
+        if shape != (old.uses_window, old.window_type, old.window_size):
+            self.window = config.new_window()
+        self._update_fast()
+
     def force(self, state: CircuitState) -> tuple[Transition, ...]:
         """Move to CLOSED (reset), FORCED_OPEN or DISABLED by hand."""
         if state is CLOSED:

@@ -312,6 +312,28 @@ class CircuitBreaker(BreakerEngine):
         """Let every call through and count nothing until :meth:`reset` (state ``DISABLED``)."""
         self._fire(self._store.force(CircuitState.DISABLED))
 
+    def _adopt_settings(self, other: CircuitBreaker) -> None:
+        """Take ``other``'s settings, failure filter and hooks; keep this breaker's state.
+
+        The state, counts and a running OPEN period stay (a new
+        ``recovery_timeout`` applies from the next opening); the clock, name
+        and store stay this breaker's. Only stores that can change settings in
+        place (the in-memory store) support this.
+
+        Raises:
+            TypeError: The store cannot change settings in place.
+        """
+        reconfigure = getattr(self._store, "_reconfigure", None)
+        if reconfigure is None:
+            msg = f"the store of circuit breaker {self._label!r} cannot change settings in place"
+            raise TypeError(msg)
+        self.expected_exception = other.expected_exception
+        self._counts = other._counts
+        self.on_open, self.on_close = other.on_open, other.on_close
+        self.on_half_open = other.on_half_open
+        reconfigure(other.config)
+        self.config = other.config
+
     def statistics(self) -> CircuitBreakerStatistics:
         """Return a snapshot of the state and counters."""
         rejected = int(repr(self._rejected)[6:-1])  # "count(N)": read without consuming

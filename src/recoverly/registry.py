@@ -73,12 +73,14 @@ def reset() -> None:
     .. versionadded:: 0.1
 
     .. versionchanged:: 0.2
-       Also resets the listed rate limiters.
+       Also resets the listed rate limiters, and forgets the named
+       configuration set by :func:`recoverly.configure`.
     """
     for breaker in REGISTRY.live(KIND).values():
         breaker.reset()
     for limiter in REGISTRY.live(rate_limit.KIND).values():
         limiter.reset()
+    REGISTRY.run_reset_hooks()
 
 
 # Re-exported as ``recoverly.breakers``; ``reset`` stays here (tests reach for it by module).

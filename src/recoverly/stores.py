@@ -202,6 +202,13 @@ class InMemoryBreakerStore:
             self._core = BreakerCore(config, self._monotonic)
             self._publish(self._core)
 
+    def _reconfigure(self, config: BreakerConfig) -> None:
+        """Switch to new settings, keeping the state (see ``BreakerCore.reconfigure``)."""
+        core = self._bound()
+        with self._lock:
+            core.reconfigure(config)
+            self._publish(core)
+
     def _bound(self) -> BreakerCore:
         core = self._core
         if core is None:

@@ -11,10 +11,12 @@ from typing import Any
 
 from typing_extensions import assert_type
 
+import recoverly
 from recoverly import (
     AdaptiveThrottle,
     Bulkhead,
     BulkheadStatistics,
+    CircuitBreaker,
     Pipeline,
     RateLimiter,
     RateLimiterStatistics,
@@ -239,3 +241,40 @@ def chaotic(n: int) -> int:
 
 assert_type(chaotic(1), int)
 assert_type(Pipeline(chaos.fault(0.5, ValueError), hedge(), AdaptiveThrottle())(chaotic)(2), int)
+
+
+# ---------------------------------------------------------------- named configuration
+recoverly.configure({"retries": {"a": {"max_attempts": 2}}}, env_prefix="APP")
+recoverly.configure("resilience.toml")
+recoverly.configure(env_prefix="APP", clock=None)
+assert_type(recoverly.breaker("a"), CircuitBreaker)
+assert_type(recoverly.retry_policy("a"), Retry)
+assert_type(recoverly.timeout_policy("a"), Timeout)
+assert_type(recoverly.bulkhead_policy("a"), Bulkhead)
+assert_type(recoverly.rate_limiter("a"), RateLimiter)
+assert_type(recoverly.pipeline("a"), recoverly.config.NamedPipeline)
+assert_type(recoverly.pipeline("a").describe(), tuple[str, ...])
+assert_type(recoverly.pipeline("a").current, Pipeline)
+recoverly.configure({}, "APP")  # type: ignore[call-arg]
+
+
+@recoverly.pipeline("a")
+def named(url: str, *, retries: int = 1) -> bytes:
+    """A named pipeline keeps the signature."""
+    return url.encode() * retries
+
+
+assert_type(named("x", retries=2), bytes)
+named(1)  # type: ignore[arg-type]
+
+
+@recoverly.pipeline("a")
+async def anamed(n: int) -> str:
+    """Async stays async under a named pipeline."""
+    return str(n)
+
+
+pending_named = assert_type(anamed(1), Coroutine[Any, Any, str])
+pending_named.close()
+assert_type(recoverly.pipeline("a").call(named, "x"), bytes)
+recoverly.pipeline("a").call(named, 1)  # type: ignore[arg-type]

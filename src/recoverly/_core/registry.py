@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["REGISTRY", "Registry"]
@@ -19,11 +20,25 @@ __all__ = ["REGISTRY", "Registry"]
 class Registry:
     """Named instances by kind (``"circuit_breaker"``, ``"bulkhead"``, ...). Thread-safe."""
 
-    __slots__ = ("_entries", "_lock")
+    __slots__ = ("_entries", "_lock", "_reset_hooks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, weakref.ref[Any]]] = {}
+        self._reset_hooks: list[Callable[[], object]] = []
+
+    def add_reset_hook(self, hook: Callable[[], object]) -> None:
+        """Have ``recoverly.registry.reset()`` call ``hook()`` (for layers above the registry)."""
+        with self._lock:
+            if hook not in self._reset_hooks:
+                self._reset_hooks.append(hook)
+
+    def run_reset_hooks(self) -> None:
+        """Call every reset hook, in the order they were added."""
+        with self._lock:
+            hooks = list(self._reset_hooks)
+        for hook in hooks:
+            hook()
 
     def register(self, kind: str, name: str, obj: object) -> object | None:
         """List ``obj`` under ``name``; return the live instance it replaced, if any."""
