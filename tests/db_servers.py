@@ -169,3 +169,36 @@ def sqlite_engine(sqlite_url: str) -> Iterator[Any]:
     engine = sa.create_engine(sqlite_url)
     yield engine
     engine.dispose()
+
+
+def kill_random_backends(
+    pg_admin: Any,
+    app: str,
+    stop: Any,
+    on_kill: Callable[[], None],
+    *,
+    seed: int,
+    pause: tuple[float, float],
+) -> None:
+    """Until ``stop`` is set, terminate a random backend of one test (``application_name``).
+
+    Sleeps a random ``pause`` between kills; calls ``on_kill()`` after each kill that landed.
+    """
+    import random
+
+    import sqlalchemy as sa
+
+    rng = random.Random(seed)
+    others = sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = :app AND pid <> pg_backend_pid()"
+    )
+    with pg_admin.connect() as conn:
+        while not stop.wait(rng.uniform(*pause)):
+            pids = conn.execute(others, {"app": app}).scalars().all()
+            if (
+                pids
+                and conn.execute(
+                    sa.text("SELECT pg_terminate_backend(:p)"), {"p": rng.choice(pids)}
+                ).scalar()
+            ):
+                on_kill()

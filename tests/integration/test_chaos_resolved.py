@@ -32,6 +32,7 @@ sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import event, text  # noqa: E402 - after the importorskip
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from db_servers import kill_random_backends  # noqa: E402
 from recoverly import events as ev  # noqa: E402
 from recoverly._core.clock import SystemClock  # noqa: E402
 from recoverly.db.errors import CommitOutcomeUnknown  # noqa: E402
@@ -207,27 +208,9 @@ def test_postgresql_lost_commits_resolved_by_xact_status(pg_url, pg_admin, pg_ki
     chaos = Chaos(engine, pg_kill, "SELECT pg_backend_pid()")
 
     def killer(stop: threading.Event) -> None:
-        rng = random.Random(3)
-        with pg_admin.connect() as conn:
-            while not stop.wait(rng.uniform(0.03, 0.1)):
-                pids = (
-                    conn.execute(
-                        text(
-                            "SELECT pid FROM pg_stat_activity "
-                            "WHERE application_name = :app AND pid <> pg_backend_pid()"
-                        ),
-                        {"app": app},
-                    )
-                    .scalars()
-                    .all()
-                )
-                if (
-                    pids
-                    and conn.execute(
-                        text("SELECT pg_terminate_backend(:p)"), {"p": rng.choice(pids)}
-                    ).scalar()
-                ):
-                    chaos.add("random_kills")
+        kill_random_backends(
+            pg_admin, app, stop, lambda: chaos.add("random_kills"), seed=3, pause=(0.03, 0.1)
+        )
 
     figures = _run(engine, chaos, killer, isolation_level="SERIALIZABLE")
     _check(figures, "PostgreSQL, pg_xact_status")

@@ -35,6 +35,7 @@ sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import text  # noqa: E402 - after the importorskip
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from db_servers import kill_random_backends  # noqa: E402
 from recoverly import events as ev  # noqa: E402
 from recoverly._core.clock import SystemClock  # noqa: E402
 from recoverly.db._classify import FailureKind, classify  # noqa: E402
@@ -100,27 +101,9 @@ def _transfer_unit(tid: str, src: int, dst: int, amount: int) -> Any:
 
 def _killer(pg_admin: Any, app: str, stop: threading.Event, figures: Figures) -> None:
     """Terminate a random backend of THIS test (application_name = its schema) every 20-80 ms."""
-    rng = random.Random(7)
-    with pg_admin.connect() as conn:
-        while not stop.wait(rng.uniform(0.02, 0.08)):
-            pids = (
-                conn.execute(
-                    text(
-                        "SELECT pid FROM pg_stat_activity "
-                        "WHERE application_name = :app AND pid <> pg_backend_pid()"
-                    ),
-                    {"app": app},
-                )
-                .scalars()
-                .all()
-            )
-            if (
-                pids
-                and conn.execute(
-                    text("SELECT pg_terminate_backend(:p)"), {"p": rng.choice(pids)}
-                ).scalar()
-            ):
-                figures.add("killed")
+    kill_random_backends(
+        pg_admin, app, stop, lambda: figures.add("killed"), seed=7, pause=(0.02, 0.08)
+    )
 
 
 @pytest.mark.realtime
