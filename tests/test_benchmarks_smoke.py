@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -355,6 +356,27 @@ def test_overload_section_and_plot_are_written(overload_runs, tmp_path):
     pytest.importorskip("matplotlib")
     image = bench_overload.plot(overload_runs, tmp_path / "overload.png")
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overload_sweeps_name_the_single_window_and_count_the_seeds():
+    """The window sweep ends with the book's single window; the seed line counts the runs."""
+    quick = replace(bench_overload.QUICK, after=3.0)
+    runs = bench_overload.run_windows(quick, windows=(2.0,))
+    assert [r.scenario.release_window for r in runs] == [None, quick.throttle_window]
+    assert runs[-1].label.endswith("(single window 1 s, as in the book)")
+    seeds = bench_overload.run_seeds(quick, seeds=(1, 2))
+    assert [seed for seed, _, _ in seeds] == [1, 2]
+    assert all(alone.key == "alone" and c.key == "throttle" for _, alone, c in seeds)
+    faster = sum(
+        1
+        for _, alone, c in seeds
+        if c.recovery_time is not None
+        and (alone.recovery_time is None or c.recovery_time <= alone.recovery_time)
+    )
+    line = bench_overload.seeds_line(seeds)
+    expected = f"backend alone in {faster} of 2 runs"
+    assert line.startswith("Over seeds 1-2, (c) recovered at least as fast as the ")
+    assert expected in line
 
 
 def test_overload_rejects_an_unknown_strategy():

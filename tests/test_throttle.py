@@ -167,7 +167,9 @@ def test_error_event_and_describe(clock: ManualClock) -> None:
     assert again.probability == 0.5
     rejected = [e for e in seen if isinstance(e, events.CallRejected)]
     assert rejected == [events.CallRejected("search", "adaptive_throttle", "throttled", None)]
-    assert Pipeline(throttle).describe() == ("adaptive_throttle 'search' k=1 window=120",)
+    assert Pipeline(throttle).describe() == (
+        "adaptive_throttle 'search' k=1 window=120 release_window=15",
+    )
     assert "throttled=1" in repr(throttle)
 
 
@@ -270,3 +272,56 @@ def test_counts_stay_exact_under_concurrent_callers(clock: ManualClock) -> None:
         t.join()
     stats = throttle.statistics()
     assert (stats.requests, stats.accepts, stats.throttled) == (4000, 4000, 0)
+
+
+def test_recent_accepts_release_the_throttle_before_the_long_window_forgets(
+    clock: ManualClock,
+) -> None:
+    """An outage fills the window with refusals; once it is over, recent accepts let go."""
+    two = AdaptiveThrottle(window=120, clock=clock, random=lambda: 0.999)
+    book = AdaptiveThrottle(window=120, release_window=120, clock=clock, random=lambda: 0.999)
+    for throttle in (two, book):
+        _run(throttle(_refusing), 100)
+    assert two.probability() == book.probability() == pytest.approx(100 / 101)
+    clock.advance(20)  # past the release window (120 / 8 = 15 s), well inside the window
+    for throttle in (two, book):
+        healthy = throttle(lambda: "ok")
+        assert [healthy() for _ in range(3)] == ["ok"] * 3
+    assert two.probability() == 0.0  # the last 15 s: 3 requests, 3 accepts
+    assert book.probability() == pytest.approx((103 - 2 * 3) / 104)
+    stats = two.statistics()
+    assert (stats.requests, stats.accepts, stats.recent_requests, stats.recent_accepts) == (
+        103,
+        3,
+        3,
+        3,
+    )
+
+
+def test_never_refuses_more_than_the_single_window_rule(clock: ManualClock) -> None:
+    """Whatever the sequence of outcomes, the two-horizon probability is <= the book's."""
+    rng = random.Random(3)
+    two = AdaptiveThrottle(window=10, clock=clock, random=lambda: 0.999)
+    book = AdaptiveThrottle(window=10, release_window=10, clock=clock, random=lambda: 0.999)
+    ok_two, bad_two = two(lambda: None), two(_refusing)
+    ok_book, bad_book = book(lambda: None), book(_refusing)
+    seen_lower = False
+    for step in range(2000):
+        clock.advance(rng.choice((0.0, 0.01, 0.1, 0.5)))
+        refusing = (step // 300) % 2 == 1  # outages of 300 calls between healthy spells
+        for guarded in (bad_two, bad_book) if refusing else (ok_two, ok_book):
+            _outcome(guarded)
+        p_two, p_book = two.probability(), book.probability()
+        assert p_two <= p_book
+        seen_lower = seen_lower or p_two < p_book
+    assert seen_lower  # the recent horizon did release earlier at some point
+
+
+def test_release_window_is_checked() -> None:
+    """release_window must be a positive duration no longer than the window."""
+    with pytest.raises(ValueError, match=r"release_window must be at most window \(60\), got 90"):
+        AdaptiveThrottle(window=60, release_window=90)
+    with pytest.raises(ValueError, match="release_window must be a finite number of seconds > 0"):
+        AdaptiveThrottle(release_window=0)
+    assert AdaptiveThrottle(window=80).release_window == 10.0
+    assert AdaptiveThrottle(window=80, release_window=80).release_window == 80.0
