@@ -146,7 +146,9 @@ def test_sixty_four_threads_never_exceed_the_bound_on_the_real_clock():
     stop.set()
     for t in threads:
         t.join()
-    assert worst_excess(store.admissions, rate, 1.0, burst) <= 1e-6
+    # Real-clock readings are large floats: the bound holds up to rounding (measured up
+    # to 2e-6 token); an over-admission would be at least one whole token.
+    assert worst_excess(store.admissions, rate, 1.0, burst) <= 1e-3
     admitted = len(store.admissions)
     assert admitted >= burst
     assert limiter.statistics().admitted == admitted
