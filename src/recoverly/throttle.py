@@ -235,6 +235,22 @@ class AdaptiveThrottle:
             self._requests.reset()
             self._accepts.reset()
 
+    def _adopt_settings(self, other: AdaptiveThrottle) -> None:
+        """Take ``other``'s settings; keep this throttle's window unless its shape changes.
+
+        ``k``, ``exceptions`` and ``random`` apply from the next call, to the
+        requests already in the window. A new ``window`` or ``buckets`` starts
+        an empty window (the ``throttled`` counter stays). The name and clock
+        stay this throttle's. Used by :func:`recoverly.configure`.
+        """
+        with self._lock:
+            self.k, self.exceptions = other.k, other.exceptions
+            self._refused, self._random = other._refused, other._random
+            shape = (self._requests.seconds, self._requests.buckets)
+            if (other._requests.seconds, other._requests.buckets) != shape:
+                self.window = other.window
+                self._requests, self._accepts = other._requests, other._accepts
+
     def describe_part(self) -> str:
         """Return this throttle's one-line description (used by :class:`~recoverly.Pipeline`)."""
         name = f" {self.name!r}" if self.name else ""
