@@ -633,7 +633,9 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     from recoverly import CircuitBreaker
 
-    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, name="payments")
+    # Not "payments": this breaker can outlive the check in a reference cycle (through the
+    # events it emitted) and would then collide with the one pipeline/configure names so.
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, name="metrics-demo")
     with pytest.raises(ConnectionError), breaker:
         raise ConnectionError
     env.clock.advance(10)
@@ -641,9 +643,9 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     with breaker:
         pass
     assert dict(ns["state_changes"]) == {
-        ("payments", "OPEN"): 1,
-        ("payments", "HALF_OPEN"): 1,
-        ("payments", "CLOSED"): 1,
+        ("metrics-demo", "OPEN"): 1,
+        ("metrics-demo", "HALF_OPEN"): 1,
+        ("metrics-demo", "CLOSED"): 1,
     }
 
 
