@@ -601,6 +601,23 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert recoverly.breaker("payments").failure_count == 2
 
 
+@check("pipeline/configure-parts")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    import recoverly
+
+    assert ns["calm"] == [f"results for {q}" for q in "abcdef"]
+    assert ns["stormy"] == ns["calm"]
+    fault = recoverly.chaos_policy("search").statistics()
+    retried = recoverly.retry_policy("search").statistics().retries
+    hedged = recoverly.hedge_policy("search").statistics().hedges  # 0 unless a thread was slow
+    assert fault.calls == 6 + retried + hedged  # only the game day rolled the dice
+    assert fault.injected > 0
+    assert ns["budget"].retries == retried + hedged  # every extra attempt came from the budget
+    assert retried >= fault.injected - hedged
+    assert recoverly.hedge_policy("search").budget is recoverly.retry_budget("search")
+    assert recoverly.throttle_policy("search").statistics().requests == 12
+
+
 @check("pipeline/throttle")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     sent, refused = len(ns["sent"]), ns["refused_locally"]
