@@ -324,7 +324,7 @@ def test_bad_names_and_bad_defaults_are_reported():
     assert problems(exc) == [
         (
             "defaults.pipelines: unknown section (known: breakers, retries, timeouts, bulkheads, "
-            "rate_limiters), got {}"
+            "rate_limiters, budgets, hedges, throttles, chaos), got {}"
         ),
         "defaults.timeouts: must be a table of settings, got 3",
         "defaults.breakers.treshold: unknown setting (did you mean failure_threshold?), got 1",

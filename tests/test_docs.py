@@ -601,6 +601,23 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert recoverly.breaker("payments").failure_count == 2
 
 
+@check("pipeline/configure-parts")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    import recoverly
+
+    assert ns["calm"] == [f"results for {q}" for q in "abcdef"]
+    assert ns["stormy"] == ns["calm"]
+    fault = recoverly.chaos_policy("search").statistics()
+    retried = recoverly.retry_policy("search").statistics().retries
+    hedged = recoverly.hedge_policy("search").statistics().hedges  # 0 unless a thread was slow
+    assert fault.calls == 6 + retried + hedged  # only the game day rolled the dice
+    assert fault.injected > 0
+    assert ns["budget"].retries == retried + hedged  # every extra attempt came from the budget
+    assert retried >= fault.injected - hedged
+    assert recoverly.hedge_policy("search").budget is recoverly.retry_budget("search")
+    assert recoverly.throttle_policy("search").statistics().requests == 12
+
+
 @check("pipeline/throttle")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     sent, refused = len(ns["sent"]), ns["refused_locally"]
@@ -633,7 +650,9 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     from recoverly import CircuitBreaker
 
-    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, name="payments")
+    # Not "payments": this breaker can outlive the check in a reference cycle (through the
+    # events it emitted) and would then collide with the one pipeline/configure names so.
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, name="metrics-demo")
     with pytest.raises(ConnectionError), breaker:
         raise ConnectionError
     env.clock.advance(10)
@@ -641,9 +660,9 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     with breaker:
         pass
     assert dict(ns["state_changes"]) == {
-        ("payments", "OPEN"): 1,
-        ("payments", "HALF_OPEN"): 1,
-        ("payments", "CLOSED"): 1,
+        ("metrics-demo", "OPEN"): 1,
+        ("metrics-demo", "HALF_OPEN"): 1,
+        ("metrics-demo", "CLOSED"): 1,
     }
 
 

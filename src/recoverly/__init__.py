@@ -26,10 +26,14 @@ from recoverly.circuit_breaker import CircuitBreaker as CircuitBreaker
 from recoverly.circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from recoverly.config import breaker as breaker
 from recoverly.config import bulkhead_policy as bulkhead_policy
+from recoverly.config import chaos_policy as chaos_policy
 from recoverly.config import configure as configure
+from recoverly.config import hedge_policy as hedge_policy
 from recoverly.config import pipeline as pipeline
 from recoverly.config import rate_limiter as rate_limiter
+from recoverly.config import retry_budget as retry_budget
 from recoverly.config import retry_policy as retry_policy
+from recoverly.config import throttle_policy as throttle_policy
 from recoverly.config import timeout_policy as timeout_policy
 from recoverly.errors import BulkheadFullError as BulkheadFullError
 from recoverly.errors import CircuitBreakerError as CircuitBreakerError
@@ -112,19 +116,23 @@ __all__ = [
     "bulkhead_policy",
     "bulkheads",
     "chaos",
+    "chaos_policy",
     "config",
     "configure",
     "events",
     "fallback",
     "hedge",
+    "hedge_policy",
     "limiters",
     "pipeline",
     "rate_limiter",
     "registry",
     "retry",
+    "retry_budget",
     "retry_policy",
     "retrying",
     "safe_execute",
+    "throttle_policy",
     "timeout",
     "timeout_policy",
 ]

@@ -21,17 +21,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from recoverly._config_parts import CHAOS_SETTINGS, VERBATIM, chaos_part, retry_budget
+from recoverly.budget import RetryBudget
 from recoverly.bulkhead import Bulkhead
 from recoverly.circuit_breaker import CircuitBreaker
+from recoverly.hedge import Hedge
 from recoverly.rate_limit import RateLimiter
 from recoverly.retry import Retry
+from recoverly.throttle import AdaptiveThrottle
 from recoverly.timeout import Timeout
 
 __all__ = [
     "FACTORIES",
     "KNOWN",
+    "PART_KINDS",
     "SECTIONS",
     "Report",
+    "known_settings",
     "load",
     "normalise",
     "parse_duration",
@@ -45,15 +51,26 @@ SECTIONS: dict[str, str] = {
     "timeouts": "timeout",
     "bulkheads": "bulkhead",
     "rate_limiters": "rate_limiter",
+    "budgets": "budget",
+    "hedges": "hedge",
+    "throttles": "throttle",
+    "chaos": "chaos",
     "pipelines": "pipeline",
 }
+#: Part kind -> section, for the kinds a pipeline may name (budgets and pipelines are not parts).
+PART_KINDS = {kind: s for s, kind in SECTIONS.items() if s not in {"budgets", "pipelines"}}
 FACTORIES: dict[str, Callable[..., Any]] = {
     "breakers": CircuitBreaker,
     "retries": Retry,
     "timeouts": Timeout,
     "bulkheads": Bulkhead,
     "rate_limiters": RateLimiter,
+    "budgets": retry_budget,
+    "hedges": Hedge,
+    "throttles": AdaptiveThrottle,
+    "chaos": chaos_part,
 }
+_SIGNATURES: dict[str, Callable[..., Any]] = {**FACTORIES, "budgets": RetryBudget}
 _NOT_SETTINGS = {"self", "name", "clock", "store", "_stacklevel"}
 
 
@@ -66,7 +83,26 @@ def _settings(factory: Callable[..., Any]) -> tuple[list[str], list[str]]:
     return [p.name for p in params], required
 
 
-KNOWN = {section: _settings(factory) for section, factory in FACTORIES.items()}
+def _every_chaos_setting() -> tuple[list[str], list[str]]:
+    known = [key for keys, _ in CHAOS_SETTINGS.values() for key in keys]
+    return list(dict.fromkeys(known)), ["type"]
+
+
+#: Section -> (the settings it accepts, the required ones); a chaos entry's own
+#: type narrows them (see :func:`known_settings`).
+KNOWN = {
+    section: _every_chaos_setting() if section == "chaos" else _settings(factory)
+    for section, factory in _SIGNATURES.items()
+}
+
+
+def known_settings(section: str, settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Return the settings one entry accepts and requires (for chaos, by its ``type``)."""
+    if section == "chaos":
+        kind = settings.get("type")
+        if isinstance(kind, str) and kind in CHAOS_SETTINGS:
+            return CHAOS_SETTINGS[kind]
+    return KNOWN[section]
 
 
 _ALIASES = {**{kind: section for section, kind in SECTIONS.items()}, **{s: s for s in SECTIONS}}
@@ -267,7 +303,7 @@ def _entries(
     section: str, table: object, defaults: dict[str, Any], report: Report
 ) -> dict[str, dict[str, Any]]:
     """Return ``{name: settings}`` of one section, defaults applied and durations parsed."""
-    known = KNOWN[section][0]
+    verbatim = VERBATIM if section == "chaos" else frozenset()
     found: dict[str, dict[str, Any]] = {}
     for name, raw in _named(table, section, report).items():
         if section == "timeouts" and not isinstance(raw, dict):
@@ -277,11 +313,14 @@ def _entries(
                 f"{section}.{name}", f"must be a table of settings, got {short(raw)}", kind=True
             )
             continue
+        merged = {**defaults, **raw}
+        known = known_settings(section, merged)[0]
         for key, value in raw.items():
             if key not in known:
                 report.unknown(f"{section}.{name}.{key}", str(key), value, known, "setting")
-        merged = {**defaults, **raw}
-        found[name] = {k: parse_duration(v) for k, v in merged.items() if k in known}
+        found[name] = {
+            k: v if k in verbatim else parse_duration(v) for k, v in merged.items() if k in known
+        }
     return found
 
 

@@ -139,6 +139,24 @@ class RetryBudget:
             self._retries[slot] += 1
             return True
 
+    def _adopt_settings(self, other: RetryBudget) -> None:
+        """Take ``other``'s settings; keep this budget's window unless its shape changes.
+
+        ``ratio`` and ``min_per_second`` apply to the calls and retries already
+        in the window. A new ``window`` or ``buckets`` starts an empty window
+        (the ``rejected`` counter stays). The clock stays this budget's. Used by
+        :func:`recoverly.configure`, so that a budget shared by many policies
+        stays one object across reconfigurations.
+        """
+        with self._lock:
+            self.ratio, self.min_per_second = other.ratio, other.min_per_second
+            if (other.window, other.buckets) != (self.window, self.buckets):
+                self.window, self.buckets = other.window, other.buckets
+                self._bucket_span = other._bucket_span
+                self._calls = [0] * other.buckets
+                self._retries = [0] * other.buckets
+                self._epoch = 0
+
     def statistics(self) -> RetryBudgetStatistics:
         """Return a snapshot of the window."""
         now = resolve(self._clock).monotonic()

@@ -1,10 +1,11 @@
-"""Named configuration: breakers, retries, timeouts, bulkheads, rate limiters and pipelines by name.
+"""Named configuration: every strategy and pipeline, built from settings and handed out by name.
 
 :func:`configure` builds every strategy named in a mapping, a TOML file or
 environment variables, checks the whole configuration, and only then swaps it
 in; :func:`pipeline`, :func:`breaker`, :func:`retry_policy`,
-:func:`timeout_policy`, :func:`bulkhead_policy` and :func:`rate_limiter` hand
-them out by name::
+:func:`timeout_policy`, :func:`bulkhead_policy`, :func:`rate_limiter`,
+:func:`retry_budget`, :func:`hedge_policy`, :func:`throttle_policy` and
+:func:`chaos_policy` hand them out by name::
 
     recoverly.configure({
         "breakers": {"payments": {"failure_threshold": 5, "recovery_timeout": "30s"}},
@@ -28,182 +29,53 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast, final
 
-from recoverly import bulkhead as _bulkhead
-from recoverly import rate_limit as _rate_limit
-from recoverly._config_source import FACTORIES, KNOWN, SECTIONS, Report, load, normalise
+from recoverly._config_build import Build, State, build_order, unlist_dropped
+from recoverly._config_source import SECTIONS, Report, load, normalise
 from recoverly._core.callables import Kind, decoratable_kind
 from recoverly._core.clock import Clock
 from recoverly._core.registry import REGISTRY
+from recoverly.budget import RetryBudget
 from recoverly.bulkhead import Bulkhead
-from recoverly.circuit_breaker import KIND as _BREAKER_KIND
+from recoverly.chaos import Fault, Latency, Outcome
 from recoverly.circuit_breaker import CircuitBreaker
+from recoverly.hedge import Hedge
 from recoverly.pipeline import Pipeline
 from recoverly.rate_limit import RateLimiter
 from recoverly.retry import Retry
+from recoverly.throttle import AdaptiveThrottle
 from recoverly.timeout import Timeout
 
 __all__ = [
     "NamedPipeline",
     "breaker",
     "bulkhead_policy",
+    "chaos_policy",
     "configure",
+    "hedge_policy",
     "pipeline",
     "rate_limiter",
+    "retry_budget",
     "retry_policy",
+    "throttle_policy",
     "timeout_policy",
 ]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_REGISTERED = {
-    "breakers": _BREAKER_KIND,
-    "bulkheads": _bulkhead.KIND,
-    "rate_limiters": _rate_limit.KIND,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    """One complete configuration: built objects and the settings they came from."""
-
-    objects: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in SECTIONS})
-    settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    clock: Clock | None = None
-
-
 _lock = threading.Lock()  # serialises configure(); readers only read _current[0]
-_current = [_State()]
-
-
-def _unlist_dropped(old: _State, new: _State) -> None:
-    """Take the strategies ``new`` no longer holds off the registry listings.
-
-    A dropped breaker may live on a while (reference cycles wait for the
-    garbage collector); listed, it would make the next configuration using
-    its name warn about a duplicate.
-    """
-    for section, kind in _REGISTERED.items():
-        for name, obj in old.objects[section].items():
-            if new.objects[section].get(name) is not obj:
-                REGISTRY.unregister(kind, name, obj)
+_current = [State()]
 
 
 def _clear() -> None:
     with _lock:
-        old, _current[0] = _current[0], _State()
-        _unlist_dropped(old, _current[0])
+        old, _current[0] = _current[0], State()
+        unlist_dropped(old, _current[0])
 
 
 REGISTRY.add_reset_hook(_clear)
-
-
-def _same(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    """Whether two settings tables are equal, value types included (``5`` is not ``5.0``)."""
-    return (
-        a is not None
-        and a.keys() == b.keys()
-        and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
-    )
-
-
-# ---------------------------------------------------------------- building
-class _Build:
-    """Everything one call to :func:`configure` builds, with how to commit or undo it."""
-
-    __slots__ = ("clock", "commits", "current", "objects", "report", "undo")
-
-    def __init__(self, current: _State, clock: Clock | None, report: Report) -> None:
-        self.current, self.clock, self.report = current, clock, report
-        self.objects: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        self.commits: list[Callable[[], None]] = []
-        self.undo: list[Callable[[], None]] = []
-
-    def construct(self, section: str, name: str, settings: dict[str, Any], *, named: bool) -> Any:
-        """Call the section's constructor, turning its errors into key-path problems."""
-        known, required = KNOWN[section]
-        missing = [key for key in required if key not in settings]
-        for key in missing:
-            self.report.add(f"{section}.{name}.{key}", "required setting is missing")
-        if missing:
-            return None
-        extra = {"name": name} if named else {}
-        try:
-            return FACTORIES[section](**settings, **extra, clock=self.clock)
-        except (TypeError, ValueError) as exc:
-            for message in str(exc).split("; "):
-                kind = isinstance(exc, TypeError)
-                setting = next((k for k in known if message.startswith(f"{k} ")), None)
-                if setting is None:
-                    self.report.add(f"{section}.{name}", message, kind=kind)
-                else:
-                    text = message[len(setting) + 1 :]
-                    self.report.add(f"{section}.{name}.{setting}", text, kind=kind)
-            return None
-
-    def entry(self, section: str, name: str, settings: dict[str, Any]) -> None:
-        """Build (or keep) one named object."""
-        previous = self.current.objects[section].get(name)
-        unchanged = self.clock is self.current.clock or section == "breakers"
-        if (
-            previous is not None
-            and unchanged
-            and _same(self.current.settings.get(section, {}).get(name), settings)
-        ):
-            self.objects[section][name] = previous
-            return
-        if section == "breakers" and previous is not None:
-            probe = self.construct(section, name, settings, named=False)  # validates, unlisted
-            if probe is not None:
-                self.objects[section][name] = previous
-                self.commits.append(functools.partial(previous._adopt_settings, probe))
-            return
-        kind = _REGISTERED.get(section)
-        if kind is not None and previous is not None:  # let the replacement take the name
-            REGISTRY.unregister(kind, name, previous)
-        holder = previous if kind is None else REGISTRY.live(kind).get(name, previous)
-        if kind is not None and holder is not None:  # listed again if this build fails
-            self.undo.append(_call(REGISTRY.register, kind, name, holder))
-        built = self.construct(section, name, settings, named=True)
-        if built is not None:
-            self.objects[section][name] = built
-            if kind is not None:
-                self.undo.append(_call(REGISTRY.unregister, kind, name, built))
-
-    def pipeline(self, name: str, parts: list[str], declared: dict[str, dict[str, Any]]) -> None:
-        """Resolve one pipeline's parts (``"kind:name"``, or ``"kind"`` for this name)."""
-        kinds = {kind: section for section, kind in SECTIONS.items() if section != "pipelines"}
-        resolved: list[Any] = []
-        for i, part in enumerate(parts):
-            kind, _, ref = (text.strip() for text in part.partition(":"))
-            ref = ref or name
-            path = f"pipelines.{name}[{i}]"
-            section = kinds.get(kind)
-            if section is None:
-                self.report.unknown(path, kind, part, list(kinds), "part kind")
-                continue
-            obj = self.objects[section].get(ref)
-            if obj is None and ref not in declared[section]:
-                names = ", ".join(declared[section]) or "none"
-                known = f"({section}: {names})"
-                self.report.add(
-                    path, f"no {kind} named {ref!r} is configured {known}, got {part!r}"
-                )
-            resolved.append(obj)
-        if all(obj is not None for obj in resolved) and len(resolved) == len(parts):
-            self.objects["pipelines"][name] = Pipeline(*resolved, name=name)
-
-
-def _call(fn: Callable[..., object], *args: object) -> Callable[[], None]:
-    """Return a thunk calling ``fn(*args)`` and dropping its result."""
-
-    def thunk() -> None:
-        fn(*args)
-
-    return thunk
 
 
 def configure(
@@ -221,17 +93,34 @@ def configure(
             "timeouts": {"payments": 2.0},              # or {"seconds": 2.0}
             "bulkheads": {"payments": {"max_concurrent": 10, "max_queue": 5}},
             "rate_limiters": {"payments": {"rate": 50, "per": 1}},
-            "pipelines": {"payments": ["retry:payments", "breaker:payments", "timeout"]},
+            "budgets": {"api": {"ratio": 0.2, "min_per_second": 10}},
+            "hedges": {"lookup": {"delay": "20ms", "budget": "api"}},
+            "throttles": {"payments": {"k": 2, "window": "2m"}},
+            "chaos": {"gateway": {"type": "fault", "rate": 0.1,
+                                  "exception": "ConnectionError", "message": "injected"}},
+            "pipelines": {"payments": ["throttle", "retry:payments", "breaker:payments",
+                                       "chaos:gateway", "timeout"]},
         }
 
     Settings are the keyword arguments of :class:`~recoverly.CircuitBreaker`,
     :class:`~recoverly.Retry`, :class:`~recoverly.Timeout`,
-    :class:`~recoverly.Bulkhead` and :class:`~recoverly.RateLimiter` (not
-    ``name``, ``clock`` or ``store``). A string duration such as ``"500ms"``,
-    ``"2s"``, ``"1.5m"`` or ``"1h"`` is turned into seconds. Pipeline parts are
-    ``"kind:name"`` (kinds ``retry``, ``breaker``, ``timeout``, ``bulkhead``,
-    ``rate_limiter``), outermost first; a bare ``"kind"`` means the pipeline's
-    own name.
+    :class:`~recoverly.Bulkhead`, :class:`~recoverly.RateLimiter`,
+    :class:`~recoverly.RetryBudget`, :class:`~recoverly.Hedge` and
+    :class:`~recoverly.AdaptiveThrottle` (not ``name``, ``clock`` or ``store``).
+    A retry's or a hedge's ``budget`` is the name of an entry of ``budgets``
+    (one budget shared by all that name it). A chaos entry's ``type`` is
+    ``fault``, ``latency`` or ``outcome`` and the rest are the arguments of
+    :func:`recoverly.chaos.fault`, :func:`~recoverly.chaos.latency` or
+    :func:`~recoverly.chaos.outcome`; a fault's ``exception`` may be a builtin
+    exception's name or ``"module.Class"`` (the module is imported), raised
+    fresh as ``Class(message)`` at each injection; an outcome's ``value`` is
+    returned as given. Chaos parts inject only when switched on, as in
+    :mod:`recoverly.chaos`. A string duration such as ``"500ms"``, ``"2s"``,
+    ``"1.5m"`` or ``"1h"`` is turned into seconds (not in a chaos ``value`` or
+    ``message``). Pipeline parts are ``"kind:name"`` (kinds ``retry``,
+    ``breaker``, ``timeout``, ``bulkhead``, ``rate_limiter``, ``hedge``,
+    ``throttle``, ``chaos``), outermost first; a bare ``"kind"`` means the
+    pipeline's own name.
 
     With ``env_prefix="RECOVERLY"``, every variable
     ``RECOVERLY__SECTION__NAME__SETTING=value`` (or ``RECOVERLY__SECTION__NAME=value``
@@ -242,18 +131,20 @@ def configure(
     is ``None``, integers and finite floats are numbers, anything else a string.
 
     Every problem is reported at once and nothing changes when there is one.
-    A reconfiguration replaces the whole configuration: a breaker whose name
-    stays keeps its state (open stays open) and takes the new settings in
-    place; a bulkhead or rate limiter is kept when its settings are unchanged
-    and replaced by a fresh one otherwise; retries, timeouts and pipelines are
-    rebuilt. Functions decorated with :func:`pipeline` use the new parts from
-    their next call.
+    A reconfiguration replaces the whole configuration: a breaker, budget or
+    throttle whose name stays is the same object, keeps its state (open stays
+    open, counted calls and retries stay) and takes the new settings in place
+    (its sliding window starts empty only when the window's length or buckets
+    change); any other strategy is kept when its settings are unchanged and
+    replaced by a fresh one otherwise, and pipelines are rebuilt. Functions
+    decorated with :func:`pipeline` use the new parts from their next call.
 
     Args:
         source: The mapping, the TOML file, or ``None`` (environment only, or empty).
         env_prefix: Read environment variables starting with ``env_prefix + "__"``.
         clock: Clock for every strategy built (default: the process clock). A
-            breaker kept across reconfigurations keeps its first clock.
+            breaker, budget or throttle kept across reconfigurations keeps its
+            first clock.
 
     Raises:
         ValueError: A value is out of range or a reference is unknown; the
@@ -270,13 +161,13 @@ def configure(
     entries, pipelines = normalise(data, report)
     with _lock:
         current = _current[0]
-        build = _Build(current, clock, report)
+        build = Build(current, clock, report, entries)
         try:
-            for section, named in entries.items():
-                for name, settings in named.items():
+            for section in build_order(list(entries)):
+                for name, settings in entries[section].items():
                     build.entry(section, name, settings)
             for name, parts in pipelines.items():
-                build.pipeline(name, parts, entries)
+                build.pipeline(name, parts)
             report.raise_if_any()
         except BaseException:  # a problem, or a constructor's warning turned into an error
             for undo in reversed(build.undo):
@@ -284,8 +175,8 @@ def configure(
             raise
         for commit in build.commits:
             commit()
-        _current[0] = _State(build.objects, entries, clock)
-        _unlist_dropped(current, _current[0])
+        _current[0] = State(build.objects, entries, clock)
+        unlist_dropped(current, _current[0])
 
 
 # ---------------------------------------------------------------- handing out
@@ -313,7 +204,7 @@ def breaker(name: str) -> CircuitBreaker:
 
 
 def retry_policy(name: str) -> Retry:
-    """Return the configured retry policy ``name`` (a new object after each reconfiguration).
+    """Return the configured retry policy ``name`` (replaced when its settings change).
 
     Raises:
         LookupError: No retry of that name is configured.
@@ -324,7 +215,7 @@ def retry_policy(name: str) -> Retry:
 
 
 def timeout_policy(name: str) -> Timeout:
-    """Return the configured timeout ``name`` (a new object after each reconfiguration).
+    """Return the configured timeout ``name`` (replaced when its settings change).
 
     Raises:
         LookupError: No timeout of that name is configured.
@@ -354,6 +245,56 @@ def rate_limiter(name: str) -> RateLimiter:
     .. versionadded:: 0.2
     """
     return cast("RateLimiter", _lookup("rate_limiters", name))
+
+
+def retry_budget(name: str) -> RetryBudget:
+    """Return the configured retry budget ``name`` (the same object across reconfigurations).
+
+    Retries and hedges configured with ``"budget": name`` share this object;
+    code of your own may share it too (``retry(budget=recoverly.retry_budget("api"))``).
+
+    Raises:
+        LookupError: No budget of that name is configured.
+
+    .. versionadded:: 0.2
+    """
+    return cast("RetryBudget", _lookup("budgets", name))
+
+
+def hedge_policy(name: str) -> Hedge:
+    """Return the configured hedge ``name`` (replaced when its settings change).
+
+    Raises:
+        LookupError: No hedge of that name is configured.
+
+    .. versionadded:: 0.2
+    """
+    return cast("Hedge", _lookup("hedges", name))
+
+
+def throttle_policy(name: str) -> AdaptiveThrottle:
+    """Return the configured adaptive throttle ``name`` (the same object across reconfigurations).
+
+    Raises:
+        LookupError: No throttle of that name is configured.
+
+    .. versionadded:: 0.2
+    """
+    return cast("AdaptiveThrottle", _lookup("throttles", name))
+
+
+def chaos_policy(name: str) -> Fault | Latency | Outcome:
+    """Return the configured chaos part ``name`` (replaced when its settings change).
+
+    Its ``type`` setting decides which: a :class:`~recoverly.chaos.Fault`, a
+    :class:`~recoverly.chaos.Latency` or a :class:`~recoverly.chaos.Outcome`.
+
+    Raises:
+        LookupError: No chaos part of that name is configured.
+
+    .. versionadded:: 0.2
+    """
+    return cast("Fault | Latency | Outcome", _lookup("chaos", name))
 
 
 def pipeline(name: str) -> NamedPipeline:
@@ -459,10 +400,14 @@ class NamedPipeline:
 for _fn in (
     breaker,
     bulkhead_policy,
+    chaos_policy,
     configure,
+    hedge_policy,
     pipeline,
     rate_limiter,
+    retry_budget,
     retry_policy,
+    throttle_policy,
     timeout_policy,
 ):
     _fn.__module__ = "recoverly"

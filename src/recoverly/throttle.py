@@ -155,7 +155,9 @@ class AdaptiveThrottle:
             else p.duration("release_window", release_window, positive=True)
         )
         if recent is not None and self.window > 0 and recent > self.window:
-            p._bad(f"release_window must be at most window ({self.window:g}), got {recent!r}")
+            p._bad(
+                f"release_window must be at most window ({self.window:g}), got {release_window!r}"
+            )
         buckets = p.int_at_least("buckets", buckets, 1)
         self.name = p.optional_name("name", name)
         rand = p.optional_callable("random", random)
@@ -294,6 +296,30 @@ class AdaptiveThrottle:
             ):
                 if window is not None:
                     window.reset()
+
+    def _adopt_settings(self, other: AdaptiveThrottle) -> None:
+        """Take ``other``'s settings; keep this throttle's window unless its shape changes.
+
+        ``k``, ``exceptions`` and ``random`` apply from the next call, to the
+        requests already in the window. A new ``window`` or ``buckets`` starts
+        an empty window, a new ``release_window`` an empty recent horizon (the
+        ``throttled`` counter stays). The name and clock stay this throttle's.
+        Used by :func:`recoverly.configure`.
+        """
+        with self._lock:
+            self.k, self.exceptions = other.k, other.exceptions
+            self._refused, self._random = other._refused, other._random
+            buckets = self._requests.buckets
+            if (other._requests.seconds, other._requests.buckets) != (
+                self._requests.seconds,
+                buckets,
+            ):
+                self.window = other.window
+                self._requests, self._accepts = other._requests, other._accepts
+            if (other.release_window, other._requests.buckets) != (self.release_window, buckets):
+                self.release_window = other.release_window
+                self._recent_requests = other._recent_requests
+                self._recent_accepts = other._recent_accepts
 
     def describe_part(self) -> str:
         """Return this throttle's one-line description (used by :class:`~recoverly.Pipeline`)."""
