@@ -252,3 +252,115 @@ async def test_latency_and_fault_on_asyncio_and_trio(clock: ManualClock) -> None
     assert clock.sleeps == [0.5]
     with pytest.raises(ConnectionError):
         await chaos.fault(1.0, ConnectionError, enabled=True)(work)()
+
+
+def test_at_injects_into_exactly_the_scheduled_calls() -> None:
+    """``at=(3, 7)`` with rate 0 fails the 3rd and the 7th call and no other."""
+    part = chaos.fault(0.0, ConnectionError, at=(7, 3), enabled=True)
+    expected = ["real"] * 9
+    expected[2] = expected[6] = "fault"
+    assert _outcomes(part, 9) == expected
+    assert part.statistics() == chaos.ChaosStatistics(calls=9, injected=2)
+    assert part.at == (3, 7)
+
+
+def test_at_counts_only_the_calls_made_while_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls made while the part is off are not numbered: ``at=(2,)`` is the block's 2nd call."""
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
+    part = chaos.fault(0.0, ConnectionError, at=(2,))
+    assert _outcomes(part, 3) == ["real"] * 3
+    with chaos.enabled():
+        assert _outcomes(part, 3) == ["real", "fault", "real"]
+    assert part.statistics() == chaos.ChaosStatistics(calls=3, injected=1)
+
+
+def test_max_injections_stops_the_part_after_that_many() -> None:
+    """A rate 1 part capped at 2 fails twice, then lets every call through (still counted)."""
+    part = chaos.fault(1.0, ConnectionError, max_injections=2, enabled=True)
+    assert _outcomes(part, 5) == ["fault", "fault", "real", "real", "real"]
+    assert part.statistics() == chaos.ChaosStatistics(calls=5, injected=2)
+
+
+def test_schedule_and_cap_keep_the_seeded_sequence_of_the_other_calls() -> None:
+    """The dice roll on every call, so ``at`` and the cap change only what they name."""
+    part = chaos.fault(0.3, ConnectionError, seed=42, at=(1, 2), max_injections=5, enabled=True)
+    got = _outcomes(part, 60)
+    rng = random.Random(42)
+    expected, injected = [], 0
+    for n in range(1, 61):
+        hit = rng.random() < 0.3 or n in (1, 2)
+        if hit and injected < 5:
+            injected += 1
+            expected.append("fault")
+        else:
+            expected.append("real")
+    assert got == expected
+    assert got.count("fault") == 5
+    again = chaos.fault(0.3, ConnectionError, seed=42, at=(1, 2), max_injections=5, enabled=True)
+    assert _outcomes(again, 60) == got
+
+
+def test_latency_schedule_on_the_manual_clock(clock: ManualClock) -> None:
+    """``at=(2, 5)`` delays the 2nd and 5th calls: the clock moves before those two only."""
+    part = chaos.latency(0.0, 2.0, at=(2, 5), clock=clock, enabled=True)
+    seen: list[float] = []
+    guarded = part(lambda: seen.append(clock.monotonic()))
+    for _ in range(6):
+        guarded()
+    start = seen[0]
+    assert [t - start for t in seen] == [0.0, 2.0, 2.0, 2.0, 4.0, 4.0]
+    assert clock.sleeps == [2.0, 2.0]
+
+
+def test_capped_outcome_calls_the_function_again_after_its_last_injection() -> None:
+    """A capped outcome part answers with its value, then calls the function again."""
+    flaky = FlakyCall(failures=0, result="real")
+    guarded = chaos.outcome(1.0, "made up", max_injections=1, enabled=True)(flaky)
+    assert [guarded(), guarded()] == ["made up", "real"]
+    assert flaky.calls == 1
+
+
+def test_enabled_attribute_switches_a_part_in_every_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting ``part.enabled`` reaches threads the block switch misses; bad values are refused."""
+    monkeypatch.setattr(chaos, "ENV_ENABLED", False)
+    part = chaos.fault(1.0, ConnectionError, enabled=False)
+    guarded = part(_ok)
+    seen: list[str] = []
+
+    def call_in_a_thread() -> None:
+        t = threading.Thread(target=lambda: seen.append(_one(guarded)))
+        t.start()
+        t.join()
+
+    call_in_a_thread()
+    part.enabled = True
+    call_in_a_thread()
+    part.enabled = None  # follows the global switch again: off here
+    call_in_a_thread()
+    assert seen == ["real", "fault", "real"]
+    assert part.statistics() == chaos.ChaosStatistics(calls=1, injected=1)
+    with pytest.raises(TypeError, match="enabled must be True, False or None, got 'yes'"):
+        part.enabled = "yes"  # type: ignore[assignment]
+    assert part.enabled is None
+
+
+def test_bad_schedule_and_cap_are_all_listed() -> None:
+    """``at`` and ``max_injections`` are checked with the other arguments, in one error."""
+    with pytest.raises(TypeError) as info:
+        chaos.fault(0.1, ConnectionError, at="3", max_injections=True)  # type: ignore[arg-type]
+    text = str(info.value)
+    assert "at must be None or an iterable of call numbers (integers >= 1), got '3'" in text
+    assert "max_injections must be an integer >= 1, got True" in text
+    with pytest.raises(TypeError, match=r"got 1.5 in \[1, 1.5\]"):
+        chaos.latency(0.1, 1.0, at=[1, 1.5])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"at must be .* got 0 in \(0, 2\); max_injections"):
+        chaos.outcome(0.1, None, at=(0, 2), max_injections=0)
+
+
+def test_describe_shows_the_schedule_and_the_cap() -> None:
+    """``describe_part`` lists ``at`` (sorted, once each) and ``max_injections`` when set."""
+    part = chaos.fault(0, ConnectionError, at=(7, 3, 3), max_injections=2, name="kill")
+    assert part.describe_part() == (
+        "chaos.fault 'kill' rate=0 exception=ConnectionError at=3,7 max_injections=2"
+    )
+    assert part.max_injections == 2

@@ -378,7 +378,10 @@ def test_every_problem_of_the_new_sections_is_reported_with_its_key_path():
             "throttles.t.name: unknown setting (known: k, window, release_window, exceptions, "
             "buckets, random), got 'x'"
         ),
-        "chaos.e.message: unknown setting (known: type, rate, seconds, seed, enabled), got 'x'",
+        (
+            "chaos.e.message: unknown setting (known: type, rate, seconds, seed, enabled, at, "
+            "max_injections), got 'x'"
+        ),
         "budgets.api.ratio: must be a finite number >= 0, got -1",
         "retries.a.budget: no budget named 'nope' is configured (budgets: api), got 'nope'",
         "retries.b.budget: must name a budget (budgets: api), got 3",

@@ -590,6 +590,18 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
     assert retry_part.statistics().retries == fault.statistics().injected
 
 
+@check("pipeline/chaos-schedule")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    assert ns["batches"] == [i * 10 for i in range(8)]
+    assert ns["loads"] == list(range(8))  # a fault is raised instead of calling the function
+    assert len(env.clock.sleeps) == 2  # one retry wait for each scheduled fault
+    answers = ns["answers"]
+    assert answers.count("timeout") == 2
+    last = max(i for i, a in enumerate(answers) if a == "timeout")
+    assert answers[last + 1 :] == ["pong"] * (len(answers) - last - 1)
+    assert last < len(answers) - 1
+
+
 @check("pipeline/configure")
 def _(ns: dict[str, Any], env: DocEnv) -> None:
     import recoverly
@@ -664,6 +676,10 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
         ("metrics-demo", "HALF_OPEN"): 1,
         ("metrics-demo", "CLOSED"): 1,
     }
+    # The caught exception's traceback keeps this frame alive until the garbage collector
+    # runs; without this, the breaker would live as long and a later example that names
+    # a breaker "payments" would meet it.
+    del breaker
 
 
 @check("events/quiet")

@@ -26,8 +26,15 @@ at each call in this order:
    recoverly was imported (it is read once: a disabled part then costs a
    context-variable lookup per call, not an environment lookup).
 
+A part's ``enabled`` attribute can also be set later (``part.enabled = True``):
+that holds in every thread, where the block switch reaches only the current
+thread or task and the tasks it starts (a new thread starts with it unset).
+
 When active, each call injects with probability ``rate``, drawn from the part's
 own random generator: a ``seed`` makes the sequence of injections reproducible.
+``at=`` names calls that inject whatever the dice say (``at=(3, 7)`` with rate 0:
+exactly the 3rd and the 7th call made while switched on), and
+``max_injections=`` stops a part after that many injections.
 
 .. versionadded:: 0.2
 """
@@ -36,13 +43,11 @@ from __future__ import annotations
 
 import contextvars
 import os
-import random as _random
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
+from recoverly._chaos_state import ChaosDice, ChaosStatistics
 from recoverly._core.bus import BUS
 from recoverly._core.callables import decoratable_kind, guess_name, wrap
 from recoverly._core.clock import Clock, resolve
@@ -98,55 +103,77 @@ def is_enabled() -> bool:
     return ENV_ENABLED if switch is None else switch
 
 
-@dataclass(frozen=True, slots=True)
-class ChaosStatistics:
-    """Counters of one chaos part.
-
-    Attributes:
-        calls: Calls made while the part was switched on (each rolled the dice).
-        injected: Calls into which the part injected its chaos.
-
-    .. versionadded:: 0.2
-    """
-
-    calls: int
-    injected: int
+def _switch(p: Problems, enabled: object) -> bool | None:
+    if enabled is not None and not isinstance(enabled, bool):
+        p._bad(f"enabled must be True, False or None, got {enabled!r}", kind=True)
+        return None
+    return enabled
 
 
 class _Chaos:
     """What every chaos part shares: the switch, the dice and the counters."""
 
-    __slots__ = ("_calls", "_injected", "_lock", "_random", "enabled", "name", "rate", "seed")
+    __slots__ = ("_dice", "_enabled", "name", "seed")
 
     _kind = "chaos"
 
     def __init__(
-        self, p: Problems, rate: float, seed: int | None, enabled: bool | None, name: str | None
+        self,
+        p: Problems,
+        rate: float,
+        seed: int | None,
+        enabled: bool | None,
+        name: str | None,
+        at: Iterable[int] | None,
+        max_injections: int | None,
     ) -> None:
-        self.rate = p.fraction("rate", rate)
         self.name = p.optional_name("name", name)
-        switch: object = enabled
-        if switch is not None and not isinstance(switch, bool):
-            p._bad(f"enabled must be True, False or None, got {enabled!r}", kind=True)
-        given: object = seed
-        if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
-            p._bad(f"seed must be an integer or None, got {seed!r}", kind=True)
+        self._enabled = _switch(p, enabled)
+        self._dice = ChaosDice(p, rate, seed, at, max_injections)
         p.raise_if_any()
         self.seed = seed
-        self.enabled = enabled
-        self._random = _random.Random(seed)
-        self._lock = threading.Lock()
-        self._calls = self._injected = 0
+
+    @property
+    def rate(self) -> float:
+        """Share of calls that inject, in [0, 1]."""
+        return self._dice.rate
+
+    @property
+    def at(self) -> tuple[int, ...]:
+        """Call numbers that inject whatever the dice say, sorted (empty: none)."""
+        return self._dice.at
+
+    @property
+    def max_injections(self) -> int | None:
+        """Injections after which the part injects no more (``None``: no limit)."""
+        return self._dice.max_injections
+
+    @property
+    def enabled(self) -> bool | None:
+        """This part's own switch: ``True``/``False`` fixed, ``None`` follows the global switch.
+
+        It can be set at any time, from any thread; the new value holds for
+        every thread at the part's next call.
+
+        Raises:
+            TypeError: (on assignment) the value is not ``True``, ``False`` or ``None``.
+        """
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool | None) -> None:
+        p = Problems()
+        checked = _switch(p, value)
+        p.raise_if_any()
+        self._enabled = checked
 
     def _inject(self, label: str) -> bool:
         """Decide for one call whether to inject (count and report it)."""
-        if not (self.enabled if self.enabled is not None else is_enabled()):
+        switch = self._enabled
+        if not (switch if switch is not None else is_enabled()):
             return False  # switched off: no lock, no draw, nothing counted
-        with self._lock:
-            self._calls += 1
-            if self._random.random() >= self.rate:
-                return False
-            self._injected += 1
+        if not self._dice.roll():
+            return False
         if BUS.wants(ChaosInjected):
             BUS.emit(ChaosInjected(label, self._kind))
         return True
@@ -167,8 +194,7 @@ class _Chaos:
 
     def statistics(self) -> ChaosStatistics:
         """Return a snapshot of this part's counters."""
-        with self._lock:
-            return ChaosStatistics(self._calls, self._injected)
+        return self._dice.statistics()
 
     def _settings(self) -> str:
         return ""
@@ -176,8 +202,9 @@ class _Chaos:
     def describe_part(self) -> str:
         """Return this part's one-line description (used by :class:`~recoverly.Pipeline`)."""
         name = f" {self.name!r}" if self.name else ""
-        switch = "" if self.enabled is None else f" enabled={self.enabled}"
-        return f"chaos.{self._kind}{name} rate={self.rate:g}{self._settings()}{switch}"
+        switch = "" if self._enabled is None else f" enabled={self._enabled}"
+        schedule = self._dice.settings()
+        return f"chaos.{self._kind}{name} rate={self.rate:g}{self._settings()}{schedule}{switch}"
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -202,6 +229,8 @@ class Fault(_Chaos):
         *,
         enabled: bool | None = None,
         name: str | None = None,
+        at: Iterable[int] | None = None,
+        max_injections: int | None = None,
     ) -> None:
         p = Problems()
         spec: object = exception
@@ -212,7 +241,7 @@ class Fault(_Chaos):
                 kind=True,
             )
         self.exception = exception
-        super().__init__(p, rate, seed, enabled, name)
+        super().__init__(p, rate, seed, enabled, name, at, max_injections)
 
     def _error(self) -> BaseException:
         exc = self.exception
@@ -261,11 +290,13 @@ class Latency(_Chaos):
         enabled: bool | None = None,
         name: str | None = None,
         clock: Clock | None = None,
+        at: Iterable[int] | None = None,
+        max_injections: int | None = None,
     ) -> None:
         p = Problems()
         self.seconds = p.duration("seconds", seconds)
         self._clock = clock
-        super().__init__(p, rate, seed, enabled, name)
+        super().__init__(p, rate, seed, enabled, name, at, max_injections)
 
     def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         if self._inject(label):
@@ -301,9 +332,11 @@ class Outcome(_Chaos):
         *,
         enabled: bool | None = None,
         name: str | None = None,
+        at: Iterable[int] | None = None,
+        max_injections: int | None = None,
     ) -> None:
         self.value = value
-        super().__init__(Problems(), rate, seed, enabled, name)
+        super().__init__(Problems(), rate, seed, enabled, name, at, max_injections)
 
     def _call_sync(self, label: str, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         if self._inject(label):
@@ -328,6 +361,8 @@ def fault(
     *,
     enabled: bool | None = None,
     name: str | None = None,
+    at: Iterable[int] | None = None,
+    max_injections: int | None = None,
 ) -> Fault:
     """Raise ``exception`` instead of calling the function, in ``rate`` of the calls.
 
@@ -338,18 +373,24 @@ def fault(
         seed: Seed of the part's random generator, for a reproducible run.
         enabled: ``True``/``False`` fixes the switch for this part; ``None``
             (default) follows :func:`enabled` and ``RECOVERLY_CHAOS``.
-        name: A name for ``repr``.
+        name: A name for ``repr`` and the :class:`~recoverly.events.ChaosInjected` events.
+        at: Call numbers that inject whatever the dice say, counting the calls
+            made while the part is switched on from 1 (``None``: none).
+        max_injections: Inject at most this many times (``None``: no limit).
 
     Returns:
         A :class:`Fault` part: a decorator and a pipeline part.
 
     Raises:
-        ValueError: ``rate`` is outside [0, 1].
+        ValueError: ``rate`` is outside [0, 1], a call number in ``at`` or
+            ``max_injections`` is below 1.
         TypeError: An argument has the wrong type (every problem is listed).
 
     .. versionadded:: 0.2
     """
-    return Fault(rate, exception, seed, enabled=enabled, name=name)
+    return Fault(
+        rate, exception, seed, enabled=enabled, name=name, at=at, max_injections=max_injections
+    )
 
 
 def latency(
@@ -360,6 +401,8 @@ def latency(
     enabled: bool | None = None,
     name: str | None = None,
     clock: Clock | None = None,
+    at: Iterable[int] | None = None,
+    max_injections: int | None = None,
 ) -> Latency:
     """Wait ``seconds`` before calling the function, in ``rate`` of the calls.
 
@@ -373,19 +416,32 @@ def latency(
         seed: Seed of the part's random generator, for a reproducible run.
         enabled: ``True``/``False`` fixes the switch for this part; ``None``
             (default) follows :func:`enabled` and ``RECOVERLY_CHAOS``.
-        name: A name for ``repr``.
+        name: A name for ``repr`` and the :class:`~recoverly.events.ChaosInjected` events.
         clock: Time source (default: the process clock).
+        at: Call numbers that inject whatever the dice say, counting the calls
+            made while the part is switched on from 1 (``None``: none).
+        max_injections: Inject at most this many times (``None``: no limit).
 
     Returns:
         A :class:`Latency` part: a decorator and a pipeline part.
 
     Raises:
-        ValueError: ``rate`` or ``seconds`` is out of range.
+        ValueError: ``rate``, ``seconds``, a call number in ``at`` or
+            ``max_injections`` is out of range.
         TypeError: An argument has the wrong type (every problem is listed).
 
     .. versionadded:: 0.2
     """
-    return Latency(rate, seconds, seed, enabled=enabled, name=name, clock=clock)
+    return Latency(
+        rate,
+        seconds,
+        seed,
+        enabled=enabled,
+        name=name,
+        clock=clock,
+        at=at,
+        max_injections=max_injections,
+    )
 
 
 def outcome(
@@ -395,6 +451,8 @@ def outcome(
     *,
     enabled: bool | None = None,
     name: str | None = None,
+    at: Iterable[int] | None = None,
+    max_injections: int | None = None,
 ) -> Outcome:
     """Return ``value`` instead of calling the function, in ``rate`` of the calls.
 
@@ -404,15 +462,21 @@ def outcome(
         seed: Seed of the part's random generator, for a reproducible run.
         enabled: ``True``/``False`` fixes the switch for this part; ``None``
             (default) follows :func:`enabled` and ``RECOVERLY_CHAOS``.
-        name: A name for ``repr``.
+        name: A name for ``repr`` and the :class:`~recoverly.events.ChaosInjected` events.
+        at: Call numbers that inject whatever the dice say, counting the calls
+            made while the part is switched on from 1 (``None``: none).
+        max_injections: Inject at most this many times (``None``: no limit).
 
     Returns:
         An :class:`Outcome` part: a decorator and a pipeline part.
 
     Raises:
-        ValueError: ``rate`` is outside [0, 1].
+        ValueError: ``rate`` is outside [0, 1], a call number in ``at`` or
+            ``max_injections`` is below 1.
         TypeError: An argument has the wrong type (every problem is listed).
 
     .. versionadded:: 0.2
     """
-    return Outcome(rate, value, seed, enabled=enabled, name=name)
+    return Outcome(
+        rate, value, seed, enabled=enabled, name=name, at=at, max_injections=max_injections
+    )

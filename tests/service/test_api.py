@@ -13,6 +13,7 @@ pytest.importorskip("sklearn")
 import sqlalchemy as sa
 from service_support import SMALL, service, wait_done, wait_for
 
+from recoverly import chaos
 from recoverly.service.faults import FaultInjector, FaultPlan
 from recoverly.service.jobs import fit
 from recoverly.service.predictor_server import PredictorServer
@@ -213,13 +214,17 @@ def test_health_lists_database_worker_breakers_and_pool(tmp_path):
 
 def test_killed_worker_resumes_and_ends_with_the_fault_free_model(tmp_path):
     """Killed twice mid-run, the worker resumes from checkpoints; the weights equal a clean fit."""
-    faults = FaultInjector(FaultPlan(kill_at_steps=(7, 23)))
+    faults = FaultInjector(FaultPlan(kill_after_steps=(7, 23)))
     with service(tmp_path, faults=faults) as client:
         run_id = client.post("/train", json=SMALL).json()["id"]
         done = wait_done(client, run_id)
         worker = client.get("/health").json()["broker"]
     reference = fit(TrainConfig(**SMALL))
     assert faults.counts() == {"worker_killed": 2}
+    # The kill part counts every step the worker ran: 30, plus steps 6-7 redone after the
+    # kill at the 7th (checkpoint 5), plus step 21 redone after the kill at the 23rd (step
+    # 21, checkpoint 20).
+    assert faults.kill.statistics() == chaos.ChaosStatistics(calls=33, injected=2)
     assert done["status"] == "completed"
     assert done["resumes"] == 2
     assert worker["restarts"] == 2

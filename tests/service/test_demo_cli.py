@@ -43,17 +43,35 @@ def test_fast_demo_recovers_from_every_fault(tmp_path):
         "predictor_timed_out",
         "predictor_down",
     }
-    for kind, row in report["faults"].items():
+    faults = report["faults"]
+    for kind, row in faults.items():
         assert row["injected"] > 0, kind
         assert row["recovered"] is True, kind
-    assert report["faults"]["worker_killed"]["injected"] == 2
+        # Each fault came from a recoverly.chaos part: its statistics and its events agree.
+        assert row["events"] == row["injected"], kind
+        assert row["chaos"].startswith(("chaos.fault", "chaos.latency", "chaos.outcome")), kind
+    assert faults["worker_killed"]["injected"] == 2
+    assert faults["data_load_failed"]["injected"] == 3  # the data part's max_injections
+    # The kill part (at=37,71) counts every step the worker ran: 100, plus 7 redone after the
+    # kill at step 37 (checkpoint 30), plus 4 after the 71st step run (step 64, checkpoint 60).
+    assert faults["worker_killed"]["calls"] == 111
+    # Chaos was switched on only in the faulty phases.
+    phases = report["injections_by_phase"]
+    assert phases["reference"] == phases["predictor ok"] == phases["predictor recovered"] == {}
+    assert phases["training"] == {
+        "db_connection_dropped": faults["db_connection_dropped"]["injected"],
+        "data_load_failed": 3,
+        "worker_killed": 2,
+    }
+    assert phases["predictor slow"] == {"predictor_slow": faults["predictor_timed_out"]["injected"]}
+    assert phases["predictor down"] == {"predictor_down": faults["predictor_down"]["injected"]}
     assert report["checkpoint_resumes"] == 2
     assert report["worker_restarts"] == 2
     assert report["model_equal"] is True
     assert report["final_sha256"] == report["reference_sha256"]
     assert report["run_status"] == "completed"
     assert report["api_errors"] == 0
-    assert report["retries"]["load_batch"] == report["faults"]["data_load_failed"]["injected"]
+    assert report["retries"]["load_batch"] == faults["data_load_failed"]["injected"]
     assert report["retries_gave_up"].get("load_batch", 0) == 0
     transitions = [line.split("s ", 1)[1] for line in report["breaker_transitions"]]
     assert transitions[0] == "CLOSED -> OPEN"

@@ -11,6 +11,7 @@ pytest.importorskip("sklearn")
 
 from service_support import SMALL, service, wait_done
 
+from recoverly import chaos
 from recoverly.service.predictor_server import PredictorServer
 
 ROW = {"features": [[0.5, -1.0, 2.0, 0.0]]}
@@ -69,6 +70,10 @@ def test_breaker_opens_fallback_answers_and_it_closes_again(tmp_path, clock):
         "breaker": "CLOSED",
     }
     assert predictor.requests["ok"] == 1
+    # The outage was the predictor's chaos.outcome part: one injection per refused request.
+    assert predictor.down.statistics() == chaos.ChaosStatistics(calls=3, injected=3)
+    assert predictor.slow.statistics().calls == 0  # never switched on
+    assert predictor.down.enabled is False  # set_mode("ok") switched it off
     assert health["breakers"]["external-predictor"]["state"] == "CLOSED"
 
 
@@ -125,6 +130,7 @@ def test_slow_predictor_times_out_and_the_local_model_answers(tmp_path, clock):
     assert fast["source"] == "local"
     assert fast["reason"].startswith("CircuitBreakerError")
     assert predictor.requests["slow"] == 2
+    assert predictor.slow.statistics() == chaos.ChaosStatistics(calls=2, injected=2)
     # Two timed-out attempts bound the first answer; the OPEN breaker answers at once.
     assert 0.2 <= first_latency < 1.5
     assert open_latency < 0.1

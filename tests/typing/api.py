@@ -242,6 +242,16 @@ def chaotic(n: int) -> int:
 assert_type(chaotic(1), int)
 assert_type(Pipeline(chaos.fault(0.5, ValueError), hedge(), AdaptiveThrottle())(chaotic)(2), int)
 
+scheduled = chaos.fault(0.0, ConnectionError, at=(3, 7), max_injections=2, enabled=False)
+assert_type(scheduled.at, tuple[int, ...])
+assert_type(scheduled.max_injections, int | None)
+assert_type(scheduled.enabled, bool | None)
+scheduled.enabled = True
+scheduled.enabled = "yes"  # type: ignore[assignment]
+chaos.latency(0.1, 1.0, at=range(1, 4), max_injections=None)
+chaos.outcome(0.1, 0, at=[2], max_injections=1)
+chaos.fault(0.1, ValueError, at=3)  # type: ignore[arg-type]
+
 
 # ---------------------------------------------------------------- named configuration
 recoverly.configure({"retries": {"a": {"max_attempts": 2}}}, env_prefix="APP")

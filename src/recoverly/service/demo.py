@@ -14,9 +14,15 @@ external predictor on loopback. Then:
    the breaker opens, the locally trained model answers, and the breaker
    closes again.
 
-The report counts the faults per kind, the retries, the breaker transitions,
-the checkpoint resumes, and compares the trained model's weight hash with the
-reference's.
+Every fault is injected by a :mod:`recoverly.chaos` part, seeded or scheduled
+(see :mod:`recoverly.service.faults` and
+:mod:`recoverly.service.predictor_server`), and switched on only for its
+phase: the reference fit and the predictor's healthy phases inject nothing.
+
+The report counts the faults per kind from the parts' statistics and from the
+:class:`~recoverly.events.ChaosInjected` events (per phase too), the retries,
+the breaker transitions, the checkpoint resumes, and compares the trained
+model's weight hash with the reference's.
 
 .. versionadded:: 0.2
 """
@@ -34,6 +40,7 @@ from typing import Any
 import httpx
 
 from recoverly import events
+from recoverly.chaos import Fault, Latency, Outcome
 from recoverly.service.app import create_app
 from recoverly.service.demo_display import Display
 from recoverly.service.faults import DATA, DB, KILL, FaultInjector, FaultPlan
@@ -61,6 +68,7 @@ class DemoReport:
     """
 
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    injections_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
     retries_gave_up: dict[str, int] = field(default_factory=dict)
     breaker_transitions: list[str] = field(default_factory=list)
@@ -83,6 +91,17 @@ class DemoReport:
         return asdict(self)
 
 
+#: The demo's phases, in order (the first covers the reference fit and the start-up).
+PHASES = (
+    "reference",
+    "training",
+    "predictor ok",
+    "predictor slow",
+    "predictor down",
+    "predictor recovered",
+)
+
+
 class _Recorder:
     """Collects the events the report needs."""
 
@@ -90,10 +109,18 @@ class _Recorder:
         self.retries: Counter[str] = Counter()
         self.gave_up: Counter[str] = Counter()
         self.transitions: list[str] = []
+        self.phase = PHASES[0]
+        self.injections: dict[str, Counter[str]] = {phase: Counter() for phase in PHASES}
         self.started = time.monotonic()
 
+    def injected(self, name: str) -> int:
+        """Return the ChaosInjected events of part ``name`` in all phases."""
+        return sum(counts[name] for counts in self.injections.values())
+
     def __call__(self, event: events.Event) -> None:
-        if isinstance(event, events.RetryScheduled):
+        if isinstance(event, events.ChaosInjected):
+            self.injections[self.phase][event.name] += 1
+        elif isinstance(event, events.RetryScheduled):
             self.retries[event.name] += 1
         elif isinstance(event, events.RetryGaveUp):
             self.gave_up[event.name] += 1
@@ -108,30 +135,35 @@ def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
             name="demo", n_samples=1000, epochs=4, batch_size=32, seed=7, checkpoint_every=10
         )
         plan = FaultPlan(
-            db_drop_every=9,
+            db_drop_rate=0.1,
             db_drop_max=3,
-            data_fail_every=17,
+            data_fail_rate=0.06,
             data_fail_max=3,
-            kill_at_steps=(37, 71),
+            kill_after_steps=(37, 71),
+            seed=7,
         )
         return config, plan, 0.0
     config = TrainConfig(
         name="demo", n_samples=4000, epochs=8, batch_size=32, seed=7, checkpoint_every=50
     )
     plan = FaultPlan(
-        db_drop_every=11,
+        db_drop_rate=0.09,
         db_drop_max=6,
-        data_fail_every=61,
+        data_fail_rate=0.016,
         data_fail_max=8,
-        kill_at_steps=(170, 530),
+        kill_after_steps=(170, 530),
+        seed=7,
     )
     return config, plan, 0.012
 
 
 class _Demo:
-    def __init__(self, fast: bool, data_dir: Path, display: Display, port: int) -> None:
+    def __init__(
+        self, fast: bool, data_dir: Path, display: Display, port: int, recorder: _Recorder
+    ) -> None:
         self.fast = fast
         self.display = display
+        self.recorder = recorder
         self.config, plan, step_delay = _configs(fast)
         self.faults = FaultInjector(plan, enabled=False)
         self.reference = fit(self.config)
@@ -175,7 +207,8 @@ class _Demo:
 
     # ------------------------------------------------------------ phase 1
     def train(self) -> dict[str, Any]:
-        self.faults.enable()
+        self.recorder.phase = "training"
+        self.faults.enable()  # the chaos parts, in every thread: worker, tracker, API
         response = self.client.post("/train", json=self.config.model_dump())
         response.raise_for_status()
         run_id = response.json()["id"]
@@ -199,8 +232,9 @@ class _Demo:
         # Long enough for the breaker to open, probe and open again in each failing phase.
         seconds = 1.0 if self.fast else 4.0
         n = 0
-        for mode in ("ok", "slow", "down", "ok"):
-            self.predictor.set_mode(mode)
+        for mode, phase in zip(("ok", "slow", "down", "ok"), PHASES[2:], strict=True):
+            self.recorder.phase = phase
+            self.predictor.set_mode(mode)  # switches the predictor's chaos parts
             ends = time.monotonic() + seconds
             closed_streak = 0
             while time.monotonic() < ends or (
@@ -248,29 +282,28 @@ class _Demo:
         report.api_errors = self.api_errors
         completed = report.run_status == "completed"
         progress = record.get("progress") or {}
+        answered = self.api_errors == 0 and report.breaker_final == "CLOSED"
+        recovered = {
+            DB: completed and progress.get("percent") == _DONE,
+            DATA: completed and recorder.gave_up.get("load_batch", 0) == 0,
+            KILL: completed
+            and report.checkpoint_resumes >= counts.get(KILL, 0)
+            and report.model_equal,
+            TIMEOUT: answered,
+            DOWN: answered,
+        }
+        parts: dict[str, Fault | Latency | Outcome] = {
+            DB: self.faults.db,
+            DATA: self.faults.data,
+            KILL: self.faults.kill,
+            TIMEOUT: self.predictor.slow,
+            DOWN: self.predictor.down,
+        }
         report.faults = {
-            DB: {
-                "injected": counts.get(DB, 0),
-                "recovered": completed and progress.get("percent") == _DONE,
-            },
-            DATA: {
-                "injected": counts.get(DATA, 0),
-                "recovered": completed and recorder.gave_up.get("load_batch", 0) == 0,
-            },
-            KILL: {
-                "injected": counts.get(KILL, 0),
-                "recovered": completed
-                and report.checkpoint_resumes >= counts.get(KILL, 0)
-                and report.model_equal,
-            },
-            TIMEOUT: {
-                "injected": self.predictor.requests["slow"],
-                "recovered": self.api_errors == 0 and report.breaker_final == "CLOSED",
-            },
-            DOWN: {
-                "injected": self.predictor.requests["down"],
-                "recovered": self.api_errors == 0 and report.breaker_final == "CLOSED",
-            },
+            kind: _fault_row(part, recorder, recovered[kind]) for kind, part in parts.items()
+        }
+        report.injections_by_phase = {
+            phase: dict(counts) for phase, counts in recorder.injections.items()
         }
         report.all_recovered = (
             report.model_equal
@@ -279,6 +312,21 @@ class _Demo:
         )
         report.seconds = round(time.monotonic() - started, 2)
         return report
+
+
+def _fault_row(
+    part: Fault | Latency | Outcome, recorder: _Recorder, recovered: bool
+) -> dict[str, Any]:
+    """One row of the report: the chaos part, its injections (counted and seen), the verdict."""
+    stats = part.statistics()
+    return {
+        "injected": stats.injected,
+        "events": recorder.injected(part.name or ""),
+        "calls": stats.calls,
+        # The part is switched off by now; show its settings without that.
+        "chaos": part.describe_part().removesuffix(" enabled=False"),
+        "recovered": recovered,
+    }
 
 
 def run_demo(
@@ -313,7 +361,7 @@ def run_demo(
     events.subscribe(recorder)
     handler = display.capture_logs()
     try:
-        demo = _Demo(fast, data_dir, display, port)
+        demo = _Demo(fast, data_dir, display, port, recorder)
         with demo.predictor, demo.client:
             demo.server.start()
             try:

@@ -149,6 +149,11 @@ class Display:
             ok = "[green]yes[/]" if row["recovered"] else "[red]NO[/]"
             faults.add_row(kind, str(row["injected"]), ok)
         self.console.print(faults)
+        self.console.print("Injected by recoverly.chaos parts (on only in their phases):")
+        for row in report.faults.values():
+            self.console.print(f"  {row['chaos']}", highlight=False, markup=False, soft_wrap=True)
+        quiet = [phase for phase, counts in report.injections_by_phase.items() if not counts]
+        self.console.print(f"Phases with no injection: {', '.join(quiet)}", highlight=False)
         retries = Table(title="Retries by call")
         retries.add_column("call")
         retries.add_column("retries", justify="right")

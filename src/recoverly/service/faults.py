@@ -1,25 +1,36 @@
-"""Fault injection for the demo and the tests: real faults at the points where they happen.
+"""Fault injection for the demo and the tests: :mod:`recoverly.chaos` parts where faults happen.
 
-- **Dropped database connections**: a ``before_cursor_execute`` hook
-  invalidates the connection under the statement (the driver's connection is
-  closed and discarded by the pool) and raises SQLAlchemy's
-  ``DisconnectionError``; the retried transaction runs again on a new connection.
-- **Flaky data loading**: a batch load raises ``ConnectionError``.
-- **A worker killed mid-training**: the training thread is stopped by a
-  :class:`WorkerKilled` raised after a step (it is a ``BaseException``, so no
-  retry or handler in the training code catches it); the worker restarts the
-  run from its newest checkpoint.
+Every fault is a chaos part (a :func:`recoverly.chaos.fault`), so it is
+counted by the part's :meth:`~recoverly.chaos.Fault.statistics`, reported as a
+:class:`~recoverly.events.ChaosInjected` event named after its kind, seeded
+for a reproducible run, and off whenever the part is switched off:
 
-The external predictor's faults are made by the predictor itself (see
-:mod:`recoverly.service.predictor_server`). Every fault is counted by kind.
+- **Dropped database connections** (:data:`DB`): the engine's
+  ``before_cursor_execute`` hook calls a no-op through the part before each
+  statement. When the part raises SQLAlchemy's ``DisconnectionError``, the hook
+  first invalidates the connection under the statement (the driver's connection
+  is closed and discarded by the pool), then lets the error through; the
+  retried transaction runs again on a new connection.
+- **Flaky data loading** (:data:`DATA`): each batch load goes through the part,
+  which raises ``ConnectionError``.
+- **A worker killed mid-training** (:data:`KILL`): after each training step the
+  part, scheduled with ``at=`` (rate 0), raises :class:`WorkerKilled` after the
+  planned steps; it is a ``BaseException``, so no retry or handler in the
+  training code catches it, and the worker restarts the run from its newest
+  checkpoint.
+
+The parts are switched on and off together, for every thread, by
+:meth:`FaultInjector.enable` / :meth:`FaultInjector.disable` (the faults happen
+on the worker's, the progress tracker's and the API's threads, which a
+``with chaos.enabled():`` block in the caller would not reach). The external
+predictor's faults are chaos parts of the predictor itself (see
+:mod:`recoverly.service.predictor_server`).
 
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +38,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
+from recoverly import chaos
+
 __all__ = ["DATA", "DB", "KILL", "FaultInjector", "FaultPlan", "WorkerKilled"]
 
-#: Fault kinds, as counted by :class:`FaultInjector`.
+#: Fault kinds: the names of the :class:`FaultInjector`'s chaos parts.
 DB = "db_connection_dropped"
 DATA = "data_load_failed"
 KILL = "worker_killed"
@@ -44,66 +57,104 @@ class WorkerKilled(BaseException):
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """Which faults to inject, and how often.
+    """Which faults to inject, and how often: the settings of the chaos parts.
 
     Attributes:
-        db_drop_every: Drop the connection under every N-th SQL statement
-            (``None``: never).
-        db_drop_max: At most this many dropped connections in all.
-        data_fail_every: Fail every N-th batch load (``None``: never).
-        data_fail_max: At most this many failed loads in all.
-        kill_at_steps: Kill the worker once after each of these training steps
-            (counted per run).
+        db_drop_rate: Share of SQL statements that lose their connection.
+        db_drop_max: At most this many dropped connections (``None``: no limit).
+        data_fail_rate: Share of batch loads that fail.
+        data_fail_max: At most this many failed loads (``None``: no limit).
+        kill_after_steps: Kill the worker after its N-th training step, for each
+            N; every step the worker runs counts, the ones it redoes after a
+            resume included (the kill part's ``at=`` schedule).
+        seed: Seeds the database part (``seed``) and the data part (``seed + 1``);
+            ``None``: a different sequence each run.
 
     .. versionadded:: 0.2
     """
 
-    db_drop_every: int | None = None
-    db_drop_max: int = 0
-    data_fail_every: int | None = None
-    data_fail_max: int = 0
-    kill_at_steps: tuple[int, ...] = ()
+    db_drop_rate: float = 0.0
+    db_drop_max: int | None = None
+    data_fail_rate: float = 0.0
+    data_fail_max: int | None = None
+    kill_after_steps: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+def _connection_dropped() -> DisconnectionError:
+    return DisconnectionError("database connection dropped (injected)")
+
+
+def _data_source_reset() -> ConnectionError:
+    return ConnectionError("data source reset the connection (injected)")
+
+
+def _worker_killed() -> WorkerKilled:
+    return WorkerKilled("worker killed after a training step (injected)")
+
+
+def _go_ahead() -> None:
+    """What a chaos part calls when it injects nothing: the statement, load or step goes on."""
 
 
 class FaultInjector:
-    """Injects the faults of a :class:`FaultPlan` and counts them by kind.
+    """Injects the faults of a :class:`FaultPlan` through three chaos parts.
 
-    A disabled injector (``enabled=False``) injects nothing; switch it with
-    :meth:`enable` / :meth:`disable` (the demo keeps the fault-free phases clean).
+    Attributes:
+        db: The :data:`DB` part (``before_cursor_execute``).
+        data: The :data:`DATA` part (batch loads).
+        kill: The :data:`KILL` part (after each training step).
 
     Args:
         plan: What to inject.
-        enabled: Whether injection starts switched on.
+        enabled: Whether the parts start switched on (``None``: they follow
+            ``with chaos.enabled():`` and ``RECOVERLY_CHAOS``).
 
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_killed", "_loads", "_lock", "_statements", "enabled", "injected", "plan")
+    __slots__ = ("_after_step", "_load", "_statement", "data", "db", "kill", "plan")
 
-    def __init__(self, plan: FaultPlan | None = None, *, enabled: bool = True) -> None:
-        self.plan = plan or FaultPlan()
-        self.enabled = enabled
-        self.injected: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._statements = 0
-        self._loads = 0
-        self._killed: set[tuple[object, int]] = set()
+    def __init__(self, plan: FaultPlan | None = None, *, enabled: bool | None = True) -> None:
+        self.plan = plan = plan or FaultPlan()
+        seed = plan.seed
+        self.db = chaos.fault(
+            plan.db_drop_rate,
+            _connection_dropped,
+            seed,
+            max_injections=plan.db_drop_max,
+            enabled=enabled,
+            name=DB,
+        )
+        self.data = chaos.fault(
+            plan.data_fail_rate,
+            _data_source_reset,
+            None if seed is None else seed + 1,
+            max_injections=plan.data_fail_max,
+            enabled=enabled,
+            name=DATA,
+        )
+        self.kill = chaos.fault(
+            0.0, _worker_killed, at=plan.kill_after_steps, enabled=enabled, name=KILL
+        )
+        self._statement = self.db(_go_ahead)
+        self._load = self.data(_go_ahead)
+        self._after_step = self.kill(_go_ahead)
+
+    @property
+    def parts(self) -> tuple[chaos.Fault, ...]:
+        """The chaos parts: database, data loading, worker."""
+        return (self.db, self.data, self.kill)
 
     def enable(self) -> None:
-        """Switch injection on."""
-        self.enabled = True
+        """Switch every part on, in every thread."""
+        for part in self.parts:
+            part.enabled = True
 
     def disable(self) -> None:
-        """Switch injection off (counters are kept)."""
-        self.enabled = False
-
-    def _due(self, kind: str, count: int, every: int | None, limit: int) -> bool:
-        return (
-            self.enabled
-            and every is not None
-            and count % every == 0
-            and self.injected[kind] < limit
-        )
+        """Switch every part off, in every thread (the counters are kept)."""
+        for part in self.parts:
+            part.enabled = False
 
     # ------------------------------------------------------------ database
     def install(self, engine: Engine) -> None:
@@ -116,58 +167,40 @@ class FaultInjector:
             event.remove(engine, "before_cursor_execute", self._before_execute)
 
     def _before_execute(self, conn: Any, cursor: Any, *_args: Any) -> None:
-        with self._lock:
-            self._statements += 1
-            plan = self.plan
-            if not self._due(DB, self._statements, plan.db_drop_every, plan.db_drop_max):
-                return
-            self.injected[DB] += 1
-        # Drop the connection: SQLAlchemy's invalidate() closes the driver's connection and
-        # marks it dead in the pool, as it does when it detects a connection the server
-        # dropped; the statement about to run then fails with a disconnection error.
-        cursor.close()  # first, while its connection is open: nothing to log later
-        conn.invalidate()
-        msg = "database connection dropped (injected)"
-        raise DisconnectionError(msg)
+        try:
+            self._statement()
+        except DisconnectionError:
+            # The chaos part decided to drop the connection. SQLAlchemy's invalidate()
+            # closes the driver's connection and marks it dead in the pool, as it does when
+            # it detects a connection the server dropped; the statement about to run then
+            # fails with the part's disconnection error.
+            cursor.close()  # first, while its connection is open: nothing to log later
+            conn.invalidate()
+            raise
 
     # ------------------------------------------------------------ data loading
     def data_load(self) -> None:
-        """Called before each batch load; raises ``ConnectionError`` when a fault is due.
+        """Called before each batch load; the :data:`DATA` part may fail it.
 
         Raises:
             ConnectionError: The injected data-source failure.
         """
-        with self._lock:
-            self._loads += 1
-            plan = self.plan
-            if not self._due(DATA, self._loads, plan.data_fail_every, plan.data_fail_max):
-                return
-            self.injected[DATA] += 1
-        msg = "data source reset the connection (injected)"
-        raise ConnectionError(msg)
+        self._load()
 
     # ------------------------------------------------------------ worker
-    def after_step(self, run_id: object, step: int) -> None:
-        """Called after each training step; kills the worker once at each planned step.
+    def after_step(self, run_id: object, step: int) -> None:  # noqa: ARG002 - hook signature
+        """Called after each training step; the :data:`KILL` part may kill the worker.
 
         Raises:
             WorkerKilled: The injected kill.
         """
-        if not self.enabled or step not in self.plan.kill_at_steps:
-            return
-        with self._lock:
-            if (run_id, step) in self._killed:
-                return
-            self._killed.add((run_id, step))
-            self.injected[KILL] += 1
-        msg = f"worker killed after step {step} of run {run_id} (injected)"
-        raise WorkerKilled(msg)
+        self._after_step()
 
     def counts(self) -> dict[str, int]:
-        """Return the faults injected so far, by kind."""
-        with self._lock:
-            return dict(self.injected)
+        """Return the faults injected so far by kind (kinds with none left out)."""
+        injected = {part.name or "": part.statistics().injected for part in self.parts}
+        return {kind: n for kind, n in injected.items() if n}
 
     def __repr__(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"<FaultInjector {state} injected={dict(self.injected)}>"
+        parts = "; ".join(repr(part) for part in self.parts)
+        return f"<FaultInjector {parts}>"

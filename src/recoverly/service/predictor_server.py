@@ -2,11 +2,22 @@
 
 It answers ``POST /predict`` with ``{"predictions": [...], "model": "external"}``
 computed by a function it is given. Its :attr:`PredictorServer.mode` makes it
-misbehave on demand:
+misbehave on demand, through two :mod:`recoverly.chaos` parts around the
+function that computes the answer::
 
-- ``"ok"``: answers at once;
-- ``"slow"``: waits ``slow_seconds`` before answering (clients time out);
-- ``"down"``: answers ``503`` at once (the service is unavailable).
+    answer = down(slow(predict))
+    # slow = chaos.latency(1.0, slow_seconds, name="predictor_slow", enabled=False)
+    # down = chaos.outcome(1.0, (503, {...}), name="predictor_down", enabled=False)
+
+- ``"ok"``: both parts off: answers at once;
+- ``"slow"``: the latency part on: waits ``slow_seconds`` before answering
+  (clients time out);
+- ``"down"``: the outcome part on: answers ``503`` at once (the service is
+  unavailable) instead of computing anything.
+
+Each slow or refused request is a :class:`~recoverly.events.ChaosInjected`
+event and counts in the part's ``statistics()``. The slow wait ends early when
+the server stops.
 
 It runs the standard library's threading HTTP server in a daemon thread.
 
@@ -22,16 +33,46 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from recoverly import chaos
+from recoverly._core.clock import SystemClock
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MODES", "PredictorServer"]
+__all__ = ["DOWN", "MODES", "SLOW", "PredictorServer"]
 
 #: The modes a :class:`PredictorServer` can be in.
 MODES = ("ok", "slow", "down")
+#: Names of the predictor's chaos parts (and of their ChaosInjected events).
+SLOW = "predictor_slow"
+DOWN = "predictor_down"
 
 PredictFn = Callable[[Sequence[Sequence[float]]], list[int]]
+Answer = tuple[int, dict[str, Any]]
 _MAX_BODY = 1 << 20
+_UNAVAILABLE: Answer = (503, {"detail": "predictor unavailable"})
+_SYSTEM = SystemClock()
+
+
+class _StoppableClock:
+    """The system clock, except that a sleep ends at once when the server stops."""
+
+    __slots__ = ("_stopping",)
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+
+    def monotonic(self) -> float:
+        return _SYSTEM.monotonic()
+
+    def wall(self) -> float:
+        return _SYSTEM.wall()
+
+    def sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    async def asleep(self, seconds: float) -> None:  # the handler is synchronous: unused
+        await _SYSTEM.asleep(seconds)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -61,20 +102,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/predict":
             self._send(404, {"detail": "not found"})
             return
-        mode = owner.mode
-        owner._count(mode)
-        if mode == "down":
-            self._send(503, {"detail": "predictor unavailable"})
-            return
-        if mode == "slow" and owner._stopping.wait(owner.slow_seconds):
-            return
-        try:
-            rows = json.loads(raw)["features"]
-            predictions = owner.predict_fn(rows)
-        except Exception as exc:  # a bad request to the predictor
-            self._send(400, {"detail": f"{type(exc).__name__}: {exc}"})
-            return
-        self._send(200, {"predictions": predictions, "model": "external"})
+        owner._count(owner.mode)
+        answer = owner._answer(raw)
+        if answer is not None:
+            self._send(*answer)
 
 
 class _Server(ThreadingHTTPServer):
@@ -84,6 +115,12 @@ class _Server(ThreadingHTTPServer):
 
 class PredictorServer:
     """Serve predictions on ``127.0.0.1`` from a daemon thread; ``mode`` makes it fail.
+
+    Attributes:
+        slow: The ``"slow"`` mode's :func:`recoverly.chaos.latency` part (rate 1).
+        down: The ``"down"`` mode's :func:`recoverly.chaos.outcome` part (rate 1,
+            a ``503`` answer).
+        requests: Requests received, by the mode the server was in.
 
     Args:
         predict_fn: Turns a list of feature rows into a list of class labels.
@@ -95,16 +132,25 @@ class PredictorServer:
 
     def __init__(self, predict_fn: PredictFn, *, port: int = 0, slow_seconds: float = 5.0) -> None:
         self.predict_fn = predict_fn
-        self.slow_seconds = slow_seconds
         self.mode = "ok"
         self.requests: dict[str, int] = dict.fromkeys(MODES, 0)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.slow = chaos.latency(
+            1.0, slow_seconds, name=SLOW, enabled=False, clock=_StoppableClock(self._stopping)
+        )
+        self.down = chaos.outcome(1.0, _UNAVAILABLE, name=DOWN, enabled=False)
+        self._answer: Callable[[bytes], Answer | None] = self.down(self.slow(self._predict))
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="recoverly-predictor", daemon=True
         )
+
+    @property
+    def slow_seconds(self) -> float:
+        """How long a ``"slow"`` answer takes (the latency part's ``seconds``)."""
+        return self.slow.seconds
 
     @property
     def url(self) -> str:
@@ -113,7 +159,7 @@ class PredictorServer:
         return f"http://{host!s}:{port}"
 
     def set_mode(self, mode: str) -> None:
-        """Switch to ``"ok"``, ``"slow"`` or ``"down"``.
+        """Switch to ``"ok"``, ``"slow"`` or ``"down"`` (switches the chaos parts).
 
         Raises:
             ValueError: ``mode`` is not one of :data:`MODES`.
@@ -122,6 +168,19 @@ class PredictorServer:
             msg = f"mode must be one of {MODES}, got {mode!r}"
             raise ValueError(msg)
         self.mode = mode
+        self.slow.enabled = mode == "slow"
+        self.down.enabled = mode == "down"
+
+    def _predict(self, raw: bytes) -> Answer | None:
+        """Compute the answer to one request (``None``: the server stopped meanwhile)."""
+        if self._stopping.is_set():  # a slow answer cut short: nobody waits for it
+            return None
+        try:
+            rows = json.loads(raw)["features"]
+            predictions = self.predict_fn(rows)
+        except Exception as exc:  # a bad request to the predictor
+            return 400, {"detail": f"{type(exc).__name__}: {exc}"}
+        return 200, {"predictions": predictions, "model": "external"}
 
     def _count(self, mode: str) -> None:
         with self._lock:
