@@ -53,6 +53,9 @@ Read at scrape time from the named instances (see ``_collectors.py``):
   ``recoverly_pool_checkout_wait_seconds`` (a summary) and
   ``recoverly_pool_invalidations_total{name, in_use}``
 
+:func:`alert_rules` returns Prometheus alerting and recording rules for these
+families (also shipped as ``rules/recoverly-alerts.yml``).
+
 Events are matched by class name (a subclass counts as its nearest known
 ancestor) and read by attribute, so event types defined elsewhere are counted
 as soon as they are emitted.
@@ -96,9 +99,12 @@ from recoverly._core import telemetry
 from recoverly._core.validate import Problems
 from recoverly.errors import CircuitState
 from recoverly.prometheus._collectors import StateCollector
+from recoverly.prometheus.alerts import ALERT_THRESHOLDS as ALERT_THRESHOLDS
+from recoverly.prometheus.alerts import alert_rules as alert_rules
+from recoverly.prometheus.alerts import alert_rules_path as alert_rules_path
 from recoverly.registry import breakers
 
-__all__ = ["PrometheusExporter", "install"]
+__all__ = ["ALERT_THRESHOLDS", "PrometheusExporter", "alert_rules", "alert_rules_path", "install"]
 
 _log = logging.getLogger("recoverly.prometheus")
 _NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
