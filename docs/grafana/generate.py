@@ -116,10 +116,39 @@ def quantile(q: float, metric: str, by: str = "name", selector: str = SEL) -> st
     )
 
 
+def alerts_table() -> dict:
+    """Prometheus' own ALERTS series: the recoverly alerts pending or firing now."""
+    return {
+        "type": "table",
+        "title": "recoverly alerts (pending and firing)",
+        "description": "From the rules in recoverly-alerts.yml (docs/observability.md#alerting).",
+        "targets": [
+            {
+                "datasource": DS,
+                "expr": "max by (alertname, alertstate, severity, name, instance) "
+                '(ALERTS{alertname=~"Recoverly.+"})',
+                "format": "table",
+                "instant": True,
+                "range": False,
+                "refId": "A",
+            }
+        ],
+        "transformations": [
+            {
+                "id": "organize",
+                "options": {"excludeByName": {"Time": True, "Value": True}},
+            }
+        ],
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True, "footer": {"show": False}},
+    }
+
+
 def build() -> dict:
     lay = Layout()
 
     lay.row("Overview")
+    lay.add(alerts_table(), 24, 5)
     lay.add(
         stat(
             "Open breakers",
@@ -339,6 +368,106 @@ def build() -> dict:
         8,
     )
 
+    lay.row("Capacity: bulkheads, rate limiters, connection pools")
+    lay.add(
+        series(
+            "Bulkhead slots",
+            [
+                target(
+                    f"max by (name) (recoverly_bulkhead_active{{{SEL}}})", "{{name}} active", "A"
+                ),
+                target(
+                    f"max by (name) (recoverly_bulkhead_queued{{{SEL}}})", "{{name}} queued", "B"
+                ),
+                target(
+                    f"max by (name) (recoverly_bulkhead_max_concurrent{{{SEL}}})",
+                    "{{name}} slots",
+                    "C",
+                ),
+            ],
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        series(
+            "Bulkhead and rate limiter requests",
+            [
+                target(
+                    f"sum by (name, outcome) (rate(recoverly_bulkhead_requests_total{{{SEL}}}[{RI}]))",
+                    "bulkhead {{name}} {{outcome}}",
+                    "A",
+                ),
+                target(
+                    f"sum by (name, outcome) (rate(recoverly_rate_limiter_requests_total{{{SEL}}}[{RI}]))",
+                    "limiter {{name}} {{outcome}}",
+                    "B",
+                ),
+            ],
+            "ops",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        series(
+            "Connection pool utilisation",
+            [
+                target(f"max by (name) (recoverly_pool_utilization{{{SEL}}})", "{{name}}", "A"),
+            ],
+            "percentunit",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        series(
+            "Connections checked out / capacity",
+            [
+                target(f"sum by (name) (recoverly_pool_checked_out{{{SEL}}})", "{{name}} out", "A"),
+                target(
+                    f"sum by (name) (recoverly_pool_capacity{{{SEL}}})", "{{name}} capacity", "B"
+                ),
+            ],
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        series(
+            "Checkout wait (mean)",
+            [
+                target(
+                    f"sum by (name) (rate(recoverly_pool_checkout_wait_seconds_sum{{{SEL}}}[{RI}]))"
+                    f" / sum by (name) (rate(recoverly_pool_checkout_wait_seconds_count{{{SEL}}}[{RI}]))",
+                    "{{name}}",
+                )
+            ],
+            "s",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        series(
+            "Leaked and invalidated connections",
+            [
+                target(
+                    f"sum by (name) (recoverly_pool_leaked_connections{{{SEL}}})",
+                    "{{name}} leaked",
+                    "A",
+                ),
+                target(
+                    f"sum by (name, in_use) (increase(recoverly_pool_invalidations_total{{{SEL}}}[{RI}]))",
+                    "{{name}} invalidated (in use: {{in_use}})",
+                    "B",
+                ),
+            ],
+        ),
+        8,
+        8,
+    )
+
     lay.row("Transactions, batches, checkpoints")
     lay.add(
         series(
@@ -350,6 +479,19 @@ def build() -> dict:
                 )
             ],
             "ops",
+        ),
+        6,
+        8,
+    )
+    lay.add(
+        series(
+            "Lost COMMITs by verdict",
+            [
+                target(
+                    f"sum by (name, verdict) (increase(recoverly_commit_resolutions_total{{{SEL}}}[{RI}]))",
+                    "{{name}} {{verdict}}",
+                )
+            ],
         ),
         6,
         8,
@@ -417,7 +559,8 @@ def build() -> dict:
         "title": "recoverly",
         "uid": "recoverly",
         "description": "AUTOGENERATED by docs/grafana/generate.py: retries, circuit breakers, "
-        "rejections, fallbacks, timeouts, transactions, batches and checkpoints from recoverly.prometheus.",
+        "rejections, fallbacks, timeouts, capacity, transactions, batches and checkpoints from "
+        "recoverly.prometheus, and the recoverly alerts firing.",
         "tags": ["recoverly", "resilience"],
         "editable": True,
         "schemaVersion": 39,

@@ -43,6 +43,7 @@ __all__ = [
     "CircuitStateChanged",
     "CommitResolved",
     "ConnectionInvalidated",
+    "DeadLettered",
     "Event",
     "FallbackUsed",
     "HedgeStarted",
@@ -434,3 +435,17 @@ class ChaosInjected(Event):
     """
 
     kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered(Event):
+    """A task was moved to the dead letter after ``losses`` deliveries never finished.
+
+    ``name`` is the task's name; ``key`` its idempotency key (never a metric
+    label). Sent by :mod:`recoverly.celery`, which logs it at ERROR itself.
+
+    .. versionadded:: 0.2
+    """
+
+    key: str
+    losses: int

@@ -282,6 +282,8 @@ def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store, caplog
 
     for host in ("w1", "w2", "w3"):
         lose_delivery(store, "d", host)
+    filed: list[ev.DeadLettered] = []
+    ev.subscribe(filed.append, ev.DeadLettered)
     with (
         caplog.at_level(logging.ERROR, logger="recoverly"),
         pytest.raises(TaskDeadLettered) as info,
@@ -301,6 +303,8 @@ def test_lost_deliveries_beyond_the_cap_go_to_the_dead_letter(app, store, caplog
         job.apply(args=(1,), kwargs={KEY_ARGUMENT: "d"}).get()
     assert runs == []
     assert len(store.dead_letters()) == 1
+    # One event, from the copy that filed it; not from the later copy.
+    assert filed == [ev.DeadLettered(job.name, "d", 3)]
 
 
 def test_deliveries_within_the_cap_run_and_report_earlier_losses(app, store):

@@ -14,7 +14,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["REGISTRY", "Registry"]
+__all__ = ["POOL_MONITOR", "REGISTRY", "Registry"]
+
+#: The kind under which ``recoverly.db.ConnectionPoolMonitor`` instances list
+#: themselves (by name), so exporters can read them without importing SQLAlchemy.
+POOL_MONITOR = "connection_pool_monitor"
 
 
 class Registry:

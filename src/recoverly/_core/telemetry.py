@@ -112,6 +112,13 @@ ROLLBACKS = Metric(
     ("name", "error"),
     "Transactions rolled back, by error class (``none``: rolled back by hand).",
 )
+COMMIT_RESOLUTIONS = Metric(
+    "commit_resolutions",
+    "counter",
+    ("name", "verdict", "method"),
+    "COMMITs whose connection was lost, resolved by asking the database "
+    "(committed, aborted, unknown).",
+)
 BATCH_FAILURES = Metric(
     "batch_item_failures", "counter", ("name", "error"), "Batch items that failed for good."
 )
@@ -154,6 +161,7 @@ METRICS: tuple[Metric, ...] = (
     FALLBACKS,
     TIMEOUTS,
     ROLLBACKS,
+    COMMIT_RESOLUTIONS,
     BATCH_FAILURES,
     BULKHEAD_WAIT,
     RATE_LIMIT_DELAY,
@@ -323,6 +331,11 @@ def _rolled_back(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     return [(ROLLBACKS, (name, "none" if exc is None else lim("error", error_label(exc))), 1.0)]
 
 
+def _commit_resolved(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    verdict = lim("verdict", _text(event, "verdict", "unknown"))
+    return [(COMMIT_RESOLUTIONS, (name, verdict, lim("method", _text(event, "method"))), 1.0)]
+
+
 def _batch_item(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
     error = lim("error", error_label(getattr(event, "exception", None)))
     return [(BATCH_FAILURES, (name, error), 1.0)]
@@ -369,6 +382,7 @@ HANDLERS: dict[str, Handler] = {
     "FallbackUsed": _fallback,
     "TimedOut": _timed_out,
     "TransactionRolledBack": _rolled_back,
+    "CommitResolved": _commit_resolved,
     "BatchItemFailed": _batch_item,
     "BulkheadWaited": _bulkhead_waited,
     "RateLimitDelayed": _rate_delayed,

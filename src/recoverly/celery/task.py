@@ -42,10 +42,12 @@ from celery.exceptions import Ignore, Reject  # type: ignore[import-untyped]
 from celery.exceptions import Retry as CeleryRetry
 
 from celery import Task  # type: ignore[import-untyped]
+from recoverly._core.bus import BUS
 from recoverly.celery._lease import Lease
 from recoverly.celery._options import validate_options
 from recoverly.celery.errors import LeaseHeld, LeaseLost, TaskDeadLettered
 from recoverly.celery.store import Begin, RedisTaskStore
+from recoverly.events import DeadLettered
 from recoverly.retry import Retry
 
 if TYPE_CHECKING:
@@ -301,6 +303,8 @@ class ResilientTask(Task):  # type: ignore[misc]
                     hostname=request.hostname,
                     task_id=request.id,
                 )
+                if BUS.wants(DeadLettered):
+                    BUS.emit(DeadLettered(self.name, key, begin.losses))
             raise TaskDeadLettered(key, begin.losses)
         # Another live copy holds the lease: come back when it would have expired.
         wait = begin.retry_after + min(1.0, self.lease_seconds / 10.0)

@@ -32,6 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool, QueuePool
 
 from recoverly._core.clock import Clock, resolve
+from recoverly._core.registry import POOL_MONITOR, REGISTRY
 from recoverly._core.validate import Problems
 from recoverly.db._pool_counts import PoolCounts
 
@@ -142,6 +143,9 @@ class ConnectionPoolMonitor:
     Thread-safe. Listeners are attached when the monitor is created and
     detached by :meth:`close` (or leaving a ``with`` block). The listeners
     belong to the pool, so they follow ``engine.dispose()`` to the new pool.
+    An open monitor is listed by name for :mod:`recoverly.prometheus`, which
+    exports its :meth:`status` (and so runs :meth:`check`) at every scrape;
+    of two open monitors with the same name, the newer one is exported.
 
     Args:
         engine: A SQLAlchemy ``Engine``, an ``AsyncEngine`` or a ``Pool``.
@@ -159,9 +163,13 @@ class ConnectionPoolMonitor:
             is not positive, or ``name`` is empty.
 
     .. versionadded:: 0.1
+
+    .. versionchanged:: 0.2
+       Listed for the Prometheus exporter while open.
     """
 
     __slots__ = (
+        "__weakref__",
         "_above",
         "_clock",
         "_closed",
@@ -221,6 +229,9 @@ class ConnectionPoolMonitor:
         self.counts = PoolCounts(self.name, clock)
         self.counts.time_checkouts(pool)
         self._crossed()
+        # Listed for exporters (recoverly.prometheus reads status() at scrape time);
+        # the newest open monitor of a name is the one listed.
+        REGISTRY.register(POOL_MONITOR, self.name, self)
 
     # ------------------------------------------------------------ pool events
     def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
@@ -429,6 +440,7 @@ class ConnectionPoolMonitor:
             self._closed = True
             self._out.clear()
         self.counts.stop()
+        REGISTRY.unregister(POOL_MONITOR, self.name, self)
         for target in {id(p): p for p in (self._pool, self._current_pool())}.values():
             for identifier, fn in self._listeners:
                 if event.contains(target, identifier, fn):

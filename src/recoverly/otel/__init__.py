@@ -60,7 +60,7 @@ from recoverly.registry import breakers
 __all__ = ["OtelExporter", "install"]
 
 _log = logging.getLogger("recoverly.otel")
-_FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20}
+_FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20, "verdict": 10, "method": 10}
 _STATES = tuple(s.value for s in CircuitState)
 _NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.CallFailed))
 _MAX_MESSAGE = 500

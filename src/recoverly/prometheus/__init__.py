@@ -37,9 +37,24 @@ default ``recoverly`` namespace):
 - ``recoverly_checkpoint_saves_total{name, outcome}`` and
   ``recoverly_checkpoint_save_duration_seconds{name}`` (``CheckpointSaved``,
   ``CheckpointSaveFailed``)
+- ``recoverly_commit_resolutions_total{name, verdict, method}``: lost COMMITs
+  resolved by asking the database (``CommitResolved``)
 - ``recoverly_events_total{event, name}``: every event, by class name, including
-  classes this module does not know
+  classes this module does not know (``DeadLettered`` counts Celery dead letters)
 - ``recoverly_label_overflow_total{label}`` and ``recoverly_exporter_errors_total``
+
+Read at scrape time from the named instances (see ``_collectors.py``):
+
+- ``recoverly_bulkhead_active``, ``_max_concurrent``, ``_queued`` and
+  ``recoverly_bulkhead_requests_total{name, outcome}`` (``admitted``, ``rejected``)
+- ``recoverly_rate_limiter_requests_total{name, outcome}``
+- from each open ``recoverly.db.ConnectionPoolMonitor``: ``recoverly_pool_checked_out``,
+  ``_capacity``, ``_utilization``, ``_leaked_connections``,
+  ``recoverly_pool_checkout_wait_seconds`` (a summary) and
+  ``recoverly_pool_invalidations_total{name, in_use}``
+
+:func:`alert_rules` returns Prometheus alerting and recording rules for these
+families (also shipped as ``rules/recoverly-alerts.yml``).
 
 Events are matched by class name (a subclass counts as its nearest known
 ancestor) and read by attribute, so event types defined elsewhere are counted
@@ -83,13 +98,17 @@ from recoverly import events
 from recoverly._core import telemetry
 from recoverly._core.validate import Problems
 from recoverly.errors import CircuitState
+from recoverly.prometheus._collectors import StateCollector
+from recoverly.prometheus.alerts import ALERT_THRESHOLDS as ALERT_THRESHOLDS
+from recoverly.prometheus.alerts import alert_rules as alert_rules
+from recoverly.prometheus.alerts import alert_rules_path as alert_rules_path
 from recoverly.registry import breakers
 
-__all__ = ["PrometheusExporter", "install"]
+__all__ = ["ALERT_THRESHOLDS", "PrometheusExporter", "alert_rules", "alert_rules_path", "install"]
 
 _log = logging.getLogger("recoverly.prometheus")
 _NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-_FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20}
+_FIXED_CAPS = {"event": 100, "strategy": 20, "reason": 20, "kind": 20, "verdict": 10, "method": 10}
 _STATES = tuple(s.value for s in CircuitState)
 _NOT_PER_CALL = telemetry.all_but(events.Event, (events.CallSucceeded, events.CallFailed))
 
@@ -192,6 +211,7 @@ class _Exporter:
                     f"{namespace}_circuit_breaker_state", self.states, self.limiter
                 )
             )
+            created.append(StateCollector(namespace, self.limiter))
             for collector in created:
                 registry.register(collector)
                 self.collectors.append(collector)

@@ -1,0 +1,164 @@
+"""Prometheus alerting and recording rules for the metrics of :mod:`recoverly.prometheus`.
+
+The default rules ship with the package as ``rules/recoverly-alerts.yml``
+(:func:`alert_rules_path`); :func:`alert_rules` renders them again with other
+thresholds, another metric namespace or another runbook address, and so does
+the command line::
+
+    python -m recoverly.prometheus rules > recoverly-alerts.yml
+    python -m recoverly.prometheus rules --set retries_per_call=0.3 --set pool_minutes=10
+    python -m recoverly.prometheus thresholds     # every threshold, its default, its meaning
+
+Load the file with ``rule_files:`` in ``prometheus.yml``. What each alert
+means and what to do about it is in ``docs/observability.md`` (section
+"Alerting"), which each alert's ``runbook_url`` annotation points at.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import cast
+
+from recoverly._core.validate import Problems
+from recoverly.prometheus._rule_table import ALERTS, RECORDS, THRESHOLDS, Threshold
+
+__all__ = ["ALERT_THRESHOLDS", "DEFAULT_RUNBOOK_URL", "alert_rules", "alert_rules_path"]
+
+#: Where each alert's ``runbook_url`` points, followed by ``#<alert name in lower case>``.
+DEFAULT_RUNBOOK_URL = "https://github.com/recoverly/recoverly/blob/main/docs/observability.md"
+
+#: Every threshold :func:`alert_rules` accepts, with its default.
+ALERT_THRESHOLDS: Mapping[str, float] = MappingProxyType({t.key: t.default for t in THRESHOLDS})
+
+_BY_KEY = {t.key: t for t in THRESHOLDS}
+_NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_PLACEHOLDER = re.compile(r"\$\{(\w+)(?::(pct))?\}")
+_INDENT = " " * 10
+
+
+def alert_rules_path() -> Path:
+    """Return the path of the rules file shipped with the package (the default rules).
+
+    Returns:
+        ``.../recoverly/prometheus/rules/recoverly-alerts.yml``; its text is
+        ``alert_rules()``.
+
+    .. versionadded:: 0.2
+    """
+    return Path(__file__).with_name("rules") / "recoverly-alerts.yml"
+
+
+def alert_rules(
+    *,
+    namespace: str = "recoverly",
+    runbook_url: str = DEFAULT_RUNBOOK_URL,
+    **thresholds: float,
+) -> str:
+    """Return the Prometheus rules file (YAML) for recoverly's metrics.
+
+    Args:
+        namespace: The ``namespace=`` given to :func:`recoverly.prometheus.install`.
+        runbook_url: The page each alert's ``runbook_url`` annotation points at;
+            ``#<alert name in lower case>`` is appended.
+        **thresholds: Thresholds to change, by name (see :data:`ALERT_THRESHOLDS`
+            and ``python -m recoverly.prometheus thresholds``). Shares are in
+            ``(0, 1]``, minutes are whole numbers ``>= 1``, other numbers ``>= 0``.
+
+    Returns:
+        The text of the rules file: a recording group and an alerting group.
+
+    Raises:
+        ValueError: An unknown threshold name, a value out of range, or a bad
+            namespace (every problem is listed).
+        TypeError: A value of the wrong type.
+
+    .. versionadded:: 0.2
+    """
+    p = Problems()
+    unknown = sorted(set(thresholds) - set(_BY_KEY))
+    if unknown:
+        p._bad(f"unknown thresholds {unknown}; known: {sorted(_BY_KEY)}")
+    if not isinstance(cast("object", namespace), str) or not _NAMESPACE.match(namespace):
+        p._bad(f"namespace must match [a-zA-Z_][a-zA-Z0-9_]*, got {namespace!r}")
+    if not isinstance(cast("object", runbook_url), str) or not runbook_url:
+        p._bad(f"runbook_url must be a non-empty string, got {runbook_url!r}", kind=True)
+    values = {t.key: _checked(p, t, thresholds.get(t.key, t.default)) for t in THRESHOLDS}
+    p.raise_if_any()
+    return _render(namespace, runbook_url, values)
+
+
+def _checked(p: Problems, threshold: Threshold, value: object) -> float:
+    if threshold.kind == "share":
+        return p.fraction(threshold.key, value, low_open=True)
+    if threshold.kind == "minutes":
+        return p.int_at_least(threshold.key, value, 1)
+    return p.number_at_least(threshold.key, value, 0)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _fill(template: str, namespace: str, values: Mapping[str, float]) -> str:
+    def one(match: re.Match[str]) -> str:
+        key, percent = match[1], match[2]
+        if key == "ns":
+            return namespace
+        value = values[key]
+        return f"{value * 100:g}%" if percent else _number(value)
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def _scalar(text: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _block(text: str) -> list[str]:
+    """A YAML literal block for a (multi-line) PromQL expression."""
+    return ["|-"] + [_INDENT + line for line in text.splitlines()]
+
+
+def _render(namespace: str, runbook_url: str, values: Mapping[str, float]) -> str:
+    lines = [
+        "# AUTOGENERATED by `python -m recoverly.prometheus rules` (alert_rules() in",
+        "# recoverly.prometheus): Prometheus recording and alerting rules for its metrics.",
+        "# Load it with `rule_files:` in prometheus.yml, check it with",
+        "# `promtool check rules`. Regenerate it with other thresholds (`--set key=value`,",
+        "# `--namespace`, `--runbook-url`), or copy it and edit it.",
+        "# What each alert means and what to do: docs/observability.md, section Alerting.",
+        f"# Metric namespace: {namespace}. Thresholds:",
+    ]
+    width = max(len(t.key) for t in THRESHOLDS)
+    for t in THRESHOLDS:
+        shown = _number(values[t.key])
+        lines.append(f"#   {t.key:<{width}} = {shown:<5} {t.meaning}")
+    lines += ["groups:", f"  - name: {namespace}.records", "    rules:"]
+    for record in RECORDS:
+        expr = _block(_fill(record.expr, namespace, values))
+        lines += [f"      - record: {_fill(record.record, namespace, values)}"]
+        lines += [f"        expr: {expr[0]}", *expr[1:]]
+    lines += [f"  - name: {namespace}.alerts", "    rules:"]
+    for alert in ALERTS:
+        expr = _block(_fill(alert.expr, namespace, values))
+        lines += [f"      - alert: {alert.name}", f"        expr: {expr[0]}", *expr[1:]]
+        if alert.for_:
+            lines.append(f"        for: {_fill(alert.for_, namespace, values)}")
+        summary = _fill(alert.summary, namespace, values)
+        description = _fill(alert.description, namespace, values)
+        lines += [
+            "        labels:",
+            f"          severity: {alert.severity}",
+            "        annotations:",
+            f"          summary: {_scalar(summary)}",
+            f"          description: {_scalar(description)}",
+            f"          runbook_url: {_scalar(f'{runbook_url}#{alert.name.lower()}')}",
+        ]
+    return "\n".join(lines) + "\n"
