@@ -20,11 +20,13 @@ and, when torch is importable, the same state as torch tensors against ``torch.s
 *with fsync*, since durability is part of what a checkpoint promises; the ratio to the plain
 save without fsync is shown too.
 
-Stall: a fake training step (~20 ms of single-threaded element-wise NumPy work), ``--steps`` steps,
-a checkpoint of ``--stall-mb`` MB every ``--every`` steps, with no checkpointing, synchronous
-saves and ``async_save=True``. Each run makes one untimed warm-up save first (the first
-async snapshot allocates its buffers; its cost is reported separately). Slowdown = run time /
-run time without checkpointing - 1. Target: async < 5 %.
+Stall: a fake training step (~20 ms of single-threaded element-wise NumPy work); a checkpoint
+interval is ``--every`` steps with a ``--stall-mb`` MB save at its start. Intervals without a
+save, with a synchronous save and with ``async_save=True`` run back to back in pairs
+(``--steps // --every`` pairs per repeat, order rotated), so each pair shares the machine's load
+of its moment; slowdown = interval time / the same pair's interval without a save - 1, median
+over the pairs. One untimed warm-up save first (the first async snapshot allocates its
+buffers). Target: async < 5 %.
 
 Timing uses ``time.perf_counter`` directly (the clock rule of the library does not apply to
 benchmarks). Files go to a temporary directory on the same disk as ``/tmp``.
@@ -232,44 +234,47 @@ def calibrate_step(target_s: float = 0.02) -> Callable[[], None]:
     return step
 
 
-def stall_run(
-    mode: str, train_step: Callable[[], None], state: dict[str, np.ndarray], steps: int, every: int
-) -> tuple[float, float, float, float]:
-    """Return loop seconds, seconds blocked in save(), warm-up save seconds, loop CPU seconds.
+def _interval(
+    mgr: CheckpointManager | None,
+    train_step: Callable[[], None],
+    state: dict[str, np.ndarray],
+    step: int,
+    every: int,
+) -> tuple[float, float]:
+    """One checkpoint interval: a save (unless ``mgr`` is None), then ``every`` steps.
 
-    The CPU seconds are those of the training thread alone (``time.thread_time``): on a
-    shared machine they move much less than wall-clock time.
+    Returns (interval seconds, seconds blocked in ``save()``). An asynchronous write
+    still running at the end is waited for inside the interval, so a write that does
+    not overlap the steps counts in full.
     """
-    root = Path(tempfile.mkdtemp(prefix="bench-stall-"))
-    try:
-        mgr = None
-        warm = blocked = 0.0
-        if mode != "none":
-            mgr = CheckpointManager(root, keep_last=2, async_save=mode == "async")
-            t0 = time.perf_counter()
-            mgr.save(0, state)
-            warm = time.perf_counter() - t0
-            mgr.wait()
-        t0 = time.perf_counter()
-        cpu0 = time.thread_time()
-        for step in range(1, steps + 1):
-            train_step()
-            for v in state.values():
-                v[:1] += 1  # the weights change between checkpoints
-            if mgr is not None and step % every == 0:
-                t1 = time.perf_counter()
-                mgr.save(step, state)
-                blocked += time.perf_counter() - t1
-        elapsed = time.perf_counter() - t0
-        cpu = time.thread_time() - cpu0
-        if mgr is not None:
-            mgr.close()  # the last background write is not part of the loop
-        return elapsed, blocked, warm, cpu
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    blocked = 0.0
+    if mgr is not None:
+        mgr.save(step, state)
+        blocked = time.perf_counter() - t0
+    for _ in range(every):
+        train_step()
+        for v in state.values():
+            v[:1] += 1  # the weights change between checkpoints
+    if mgr is not None:
+        mgr.wait()
+    return time.perf_counter() - t0, blocked
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return q1, q2, q3
 
 
 def stall(mb: float, steps: int, every: int, repeats: int) -> tuple[list[str], str]:
+    """Paired checkpoint intervals: without a save, with a synchronous and an async one.
+
+    ``steps // every`` intervals per round and ``repeats`` rounds give the pairs; each
+    pair runs the three kinds of interval back to back (order rotated), so they share
+    whatever else the machine is doing at that moment, and the slowdown of a pair is
+    its interval time over the no-save interval of the same pair. The median over the
+    pairs is the figure; the quartiles show the spread.
+    """
     train_step = calibrate_step()
     t0 = time.thread_time()
     for _ in range(20):
@@ -277,55 +282,74 @@ def stall(mb: float, steps: int, every: int, repeats: int) -> tuple[list[str], s
     step_ms = (time.thread_time() - t0) / 20 * 1000  # CPU ms per step
     state = make_arrays(mb, seed=2)
     modes = ["none", "sync", "async"]
-    runs: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in modes}
-    for r in range(repeats):
-        for mode in modes[r % 3 :] + modes[: r % 3]:
-            result = stall_run(mode, train_step, state, steps, every)
-            runs[mode].append(result)
+    pairs = max(1, steps // every) * repeats
+    slow: dict[str, list[float]] = {"sync": [], "async": []}
+    blocked: dict[str, list[float]] = {"sync": [], "async": []}
+    interval_s: dict[str, list[float]] = {m: [] for m in modes}
+    root = Path(tempfile.mkdtemp(prefix="bench-stall-"))
+    try:
+        mgrs: dict[str, CheckpointManager | None] = {
+            "none": None,
+            "sync": CheckpointManager(root / "sync", keep_last=2, async_save=False),
+            "async": CheckpointManager(root / "async", keep_last=2, async_save=True),
+        }
+        for mgr in mgrs.values():  # warm-up: the first async snapshot allocates its buffers
+            if mgr is not None:
+                mgr.save(0, state)
+                mgr.wait()
+        for pair in range(pairs):
+            times: dict[str, float] = {}
+            for mode in modes[pair % 3 :] + modes[: pair % 3]:
+                took, in_save = _interval(mgrs[mode], train_step, state, (pair + 1) * every, every)
+                times[mode] = took
+                interval_s[mode].append(took)
+                if mode != "none":
+                    blocked[mode].append(in_save)
+            for mode in ("sync", "async"):
+                slow[mode].append(times[mode] / times["none"] - 1)
             print(
-                f"  stall {mode}: loop {result[0]:.3f} s, in save() {result[1]:.3f} s, "
-                f"warm-up save {result[2]:.3f} s, training-thread CPU {result[3]:.3f} s",
+                f"  pair {pair + 1}/{pairs}: none {times['none']:.3f} s, "
+                f"sync {slow['sync'][-1]:+.1%}, async {slow['async'][-1]:+.1%}",
                 file=sys.stderr,
             )
-    saves = steps // every
-    med = {m: statistics.median(r[0] for r in runs[m]) for m in modes}
-    best = {m: min(r[0] for r in runs[m]) for m in modes}
-    cpu = {m: statistics.median(r[3] for r in runs[m]) for m in modes}
+        for mgr in mgrs.values():
+            if mgr is not None:
+                mgr.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     lines = [
         (
-            f"**Training-step stall**: {steps} steps of ~{step_ms:.0f} ms (CPU) of NumPy work, "
-            f"a {mb:g} MB checkpoint every {every} steps ({saves} saves, one every "
-            f"~{every * step_ms / 1000:.1f} s), {repeats} interleaved runs per mode. "
-            '"blocked" is the time the training thread spent inside `save()`; the slowdown '
-            "also includes steps slowed down by the background writer. On a shared machine "
-            "the best run is the least disturbed one, and the training thread's CPU time "
-            "(median) is the least noisy figure: it grows by the work checkpointing puts "
-            "on that thread (the snapshot copy for async, everything for sync)."
+            f"**Training-step stall**: a checkpoint interval is {every} steps of "
+            f"~{step_ms:.0f} ms (CPU) of single-threaded NumPy work (~"
+            f"{every * step_ms / 1000:.1f} s); a {mb:g} MB checkpoint is saved at its start. "
+            f"{pairs} pairs: each runs an interval without a save, one with a synchronous "
+            "save and one with `async_save=True` back to back (order rotated), so the three "
+            "share the machine's load of that moment; an async write still running at the "
+            "end of its interval is waited for inside it. Slowdown = interval time / the "
+            "same pair's interval without a save - 1; median and quartiles over the pairs. "
+            '"blocked" is the time the training thread spent inside `save()`.'
         ),
         "",
         (
-            "| mode | loop s (median) | slowdown (median) | loop s (best) | slowdown (best) "
-            "| blocked per save ms | blocked share | first save s | training-thread CPU s "
-            "| CPU slowdown |"
+            "| mode | interval s (median) | slowdown (median) | slowdown (quartiles) "
+            "| blocked per save ms (median) | blocked share |"
         ),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for mode in modes:
-        blocked = statistics.median(r[1] for r in runs[mode])
-        first = statistics.median(r[2] for r in runs[mode])
+    none_med = statistics.median(interval_s["none"])
+    lines.append(f"| none | {none_med:.3f} | +0.0% | | 0 | 0.0% |")
+    for mode in ("sync", "async"):
+        q1, q2, q3 = _quartiles(slow[mode])
+        b = statistics.median(blocked[mode])
         lines.append(
-            f"| {mode} | {med[mode]:.3f} | {med[mode] / med['none'] - 1:+.1%} | "
-            f"{best[mode]:.3f} | {best[mode] / best['none'] - 1:+.1%} | "
-            f"{blocked / saves * 1000 if mode != 'none' else 0:.0f} | "
-            f"{blocked / med['none']:.1%} | {first:.3f} | {cpu[mode]:.3f} | "
-            f"{cpu[mode] / cpu['none'] - 1:+.1%} |"
+            f"| {mode} | {statistics.median(interval_s[mode]):.3f} | {q2:+.1%} | "
+            f"{q1:+.1%} .. {q3:+.1%} | {b * 1000:.0f} | {b / none_med:.1%} |"
         )
-    slow = best["async"] / best["none"] - 1
-    verdict = "PASS" if slow < TARGET_STALL else "MISS"
+    q1, q2, q3 = _quartiles(slow["async"])
+    verdict = "PASS" if q2 < TARGET_STALL else "MISS"
     summary = (
-        f"async slowdown {slow:+.1%} best-of, "
-        f"{med['async'] / med['none'] - 1:+.1%} median ({verdict} on best-of); "
-        f"training-thread CPU {cpu['async'] / cpu['none'] - 1:+.1%}"
+        f"async slowdown {q2:+.1%} median over {pairs} pairs (quartiles {q1:+.1%} .. "
+        f"{q3:+.1%}): {verdict}"
     )
     lines += ["", f"Target: async slowdown < {TARGET_STALL:.0%}: **{summary}**.", ""]
     return lines, summary
