@@ -1,7 +1,7 @@
 """``recoverly demo``: train and predict under injected faults, and show the service recover.
 
 The demo starts the service on its embedded defaults (a SQLite file, the
-in-process worker, breaker state in memory) under uvicorn, plus a small
+process worker, breaker state in memory) under uvicorn, plus a small
 external predictor on loopback. Then:
 
 1. **Training under faults.** A fault-free reference run of the same config is
