@@ -97,3 +97,13 @@ def wait_done(client: Client, run_id: int) -> dict[str, Any]:
         return body if body["status"] in ("completed", "failed") else None
 
     return wait_for(done)
+
+
+def wait_worker_idle(client: Client) -> dict[str, Any]:
+    """Wait until the worker has no run (its last process ended); return its /health view."""
+
+    def idle() -> dict[str, Any] | None:
+        worker: dict[str, Any] = client.get("/health").json()["broker"]
+        return worker if worker["current_run"] is None and worker["queued"] == 0 else None
+
+    return wait_for(idle)

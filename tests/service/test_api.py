@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sklearn")
 
 import sqlalchemy as sa
-from service_support import SMALL, service, wait_done, wait_for
+from service_support import SMALL, service, wait_done, wait_for, wait_worker_idle
 
 from recoverly import chaos
 from recoverly.service.faults import FaultInjector, FaultPlan
@@ -21,7 +21,7 @@ from recoverly.service.schemas import TrainConfig
 
 
 class PauseAt(FaultInjector):
-    """Holds the training thread after one step until the test releases it."""
+    """Holds the worker process after one step (its answer waits) until the test releases it."""
 
     def __init__(self, step: int) -> None:
         super().__init__()
@@ -201,24 +201,26 @@ def test_write_endpoints_need_the_token_when_configured(tmp_path):
 
 
 def test_health_lists_database_worker_breakers_and_pool(tmp_path):
-    """/health reports the database, the in-process worker, the predictor's breaker and the pool."""
+    """/health reports the database, the process worker, the predictor's breaker and the pool."""
     with service(tmp_path) as client:
         body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["database"] == {"ok": True}
-    assert body["broker"]["kind"] == "in-process"
+    assert body["broker"]["kind"] == "process"
     assert body["broker"]["ok"] is True
+    assert body["broker"]["current_pid"] is None
+    assert body["broker"]["exits"] == []
     assert body["breakers"]["external-predictor"]["state"] == "CLOSED"
     assert body["pool"]["checked_out"] == 0
 
 
 def test_killed_worker_resumes_and_ends_with_the_fault_free_model(tmp_path):
-    """Killed twice mid-run, the worker resumes from checkpoints; the weights equal a clean fit."""
+    """Its process SIGKILLed twice mid-run, the worker resumes; the weights equal a clean fit."""
     faults = FaultInjector(FaultPlan(kill_after_steps=(7, 23)))
     with service(tmp_path, faults=faults) as client:
         run_id = client.post("/train", json=SMALL).json()["id"]
         done = wait_done(client, run_id)
-        worker = client.get("/health").json()["broker"]
+        worker = wait_worker_idle(client)
     reference = fit(TrainConfig(**SMALL))
     assert faults.counts() == {"worker_killed": 2}
     # The kill part counts every step the worker ran: 30, plus steps 6-7 redone after the
@@ -229,3 +231,8 @@ def test_killed_worker_resumes_and_ends_with_the_fault_free_model(tmp_path):
     assert done["resumes"] == 2
     assert worker["restarts"] == 2
     assert done["weights_sha256"] == reference.model.weights_hash()
+    # Three worker processes: two died by SIGKILL (after steps 7 and 21), the third finished.
+    exits = [(e["returncode"], e["signal"], e["killed"], e["last_step"]) for e in worker["exits"]]
+    assert exits == [(-9, "SIGKILL", True, 7), (-9, "SIGKILL", True, 21), (0, None, False, 30)]
+    assert [e["first_step"] for e in worker["exits"]] == [1, 6, 21]
+    assert len({e["pid"] for e in worker["exits"]}) == 3

@@ -52,9 +52,13 @@ def test_fast_demo_recovers_from_every_fault(tmp_path):
         assert row["chaos"].startswith(("chaos.fault", "chaos.latency", "chaos.outcome")), kind
     assert faults["worker_killed"]["injected"] == 2
     assert faults["data_load_failed"]["injected"] == 3  # the data part's max_injections
-    # The kill part (at=37,71) counts every step the worker ran: 100, plus 7 redone after the
-    # kill at step 37 (checkpoint 30), plus 4 after the 71st step run (step 64, checkpoint 60).
-    assert faults["worker_killed"]["calls"] == 111
+    # Batch loads happen in the worker processes: their parts injected, and reported back.
+    assert faults["data_load_failed"]["in_worker_processes"] == 3
+    assert faults["worker_killed"]["in_worker_processes"] == 0  # decided in the service process
+    # The kill part (at=37,77) counts every step the worker processes ran: 100, plus 7 redone
+    # after the kill at step 37 (checkpoint 30), plus 10 after the 77th step run (step 70,
+    # killed while writing its checkpoint, so the previous one, step 60, is resumed from).
+    assert faults["worker_killed"]["calls"] == 117
     # Chaos was switched on only in the faulty phases.
     phases = report["injections_by_phase"]
     assert phases["reference"] == phases["predictor ok"] == phases["predictor recovered"] == {}
@@ -67,6 +71,20 @@ def test_fast_demo_recovers_from_every_fault(tmp_path):
     assert phases["predictor down"] == {"predictor_down": faults["predictor_down"]["injected"]}
     assert report["checkpoint_resumes"] == 2
     assert report["worker_restarts"] == 2
+    # Each kill is a real process death: SIGKILL, exit code -9, and a new process resumed.
+    pids = report["worker_pids"]
+    assert len(pids) == len(set(pids)) == 3
+    kills = report["worker_kills"]
+    assert [(k["signal"], k["returncode"], k["killed_by_service"]) for k in kills] == [
+        ("SIGKILL", -9, True),
+        ("SIGKILL", -9, True),
+    ]
+    assert [k["pid"] for k in kills] == pids[:2]
+    assert [k["resumed_by_pid"] for k in kills] == pids[1:]
+    assert [(k["after_step"], k["in_checkpoint_write"]) for k in kills] == [(37, False), (70, True)]
+    assert [k["resumed_at_step"] for k in kills] == [31, 61]  # after checkpoints 30 and 60
+    for kill in kills:
+        assert f"worker process {kill['pid']} killed by SIGKILL (exit code -9)" in completed.stdout
     assert report["model_equal"] is True
     assert report["final_sha256"] == report["reference_sha256"]
     assert report["run_status"] == "completed"
@@ -84,4 +102,7 @@ def test_fast_demo_recovers_from_every_fault(tmp_path):
     assert "every fault was recovered" in completed.stdout
     # The checkpoints and the database stayed in the data directory.
     assert (tmp_path / "data" / "recoverly.db").exists()
-    assert any((tmp_path / "data" / "checkpoints" / "run-1").iterdir())
+    checkpoints = tmp_path / "data" / "checkpoints" / "run-1"
+    assert any(checkpoints.iterdir())
+    # The staging directory of the checkpoint write the kill interrupted was cleaned up.
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]

@@ -170,3 +170,31 @@ def test_plan_becomes_the_parts_settings():
         ConnectionError,
         WorkerKilled,
     ]
+
+
+def test_worker_plan_hands_a_new_worker_process_what_is_left_of_each_cap():
+    """A worker process's parts get the plan's rates and seed, minus the injections made."""
+    plan = FaultPlan(
+        db_drop_rate=0.1,
+        db_drop_max=3,
+        data_fail_rate=0.06,
+        data_fail_max=3,
+        kill_after_steps=(5,),
+        seed=7,
+    )
+    faults = FaultInjector(plan)
+    assert faults.worker_plan() == FaultPlan(0.1, 3, 0.06, 3, (), 7)  # no kills: decided here
+    faults.record_worker(101, {DB: (40, 2), DATA: (20, 1)})
+    faults.record_worker(101, {DB: (35, 1), DATA: (25, 3)})  # a stale report: counters only grow
+    assert faults.workers() == {101: {DB: (40, 2), DATA: (25, 3)}}
+    left = faults.worker_plan()
+    assert (left.db_drop_rate, left.db_drop_max) == (0.1, 1)
+    assert (left.data_fail_rate, left.data_fail_max) == (0.0, None)  # used up: inject no more
+    assert left.seed == 7
+    # The worker processes' counters add up with this process's own.
+    faults.record_worker(102, {DB: (5, 1)})
+    faults.data_load()  # this process's own data part: nothing injected, one call
+    assert faults.statistics(DB) == chaos.ChaosStatistics(calls=45, injected=3)
+    assert faults.statistics(DATA) == chaos.ChaosStatistics(calls=26, injected=3)
+    assert faults.counts() == {DB: 3, DATA: 3}
+    assert faults.counters() == {DB: (0, 0), DATA: (1, 0)}

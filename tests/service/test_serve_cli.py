@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 import httpx
-from service_support import wait_for
+from service_support import SMALL, wait_for
 
 
 def free_port() -> int:
@@ -49,12 +49,26 @@ def test_serve_reads_dotenv_and_answers_health(tmp_path):
 
         body = wait_for(health, timeout=30)
         refused = httpx.post(f"{url}/train", json={}, timeout=5)
+        auth = {"Authorization": "Bearer t0ken"}
+        run_id = httpx.post(f"{url}/train", json=SMALL, headers=auth, timeout=5).json()["id"]
+
+        def trained():
+            worker = health()["broker"]
+            return worker if worker["exits"] and worker["current_run"] is None else None
+
+        worker = wait_for(trained, timeout=60)
+        run = httpx.get(f"{url}/models/{run_id}", timeout=5).json()
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(20)
     assert body["status"] == "ok"
-    assert body["broker"]["kind"] == "in-process"
+    assert body["broker"]["kind"] == "process"
     assert (data / "recoverly.db").exists()
+    # The run was trained by a worker process of the server, which exited normally.
+    [ended] = worker["exits"]
+    assert ended["pid"] != server.pid
+    assert (ended["returncode"], ended["run_id"], ended["last_step"]) == (0, run_id, 30)
+    assert run["status"] == "completed"
     assert refused.status_code == 401  # the token from .env is required
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert code in (0, -signal.SIGTERM)

@@ -1,7 +1,7 @@
-"""Training on Celery workers: the same job as the in-process worker, behind a broker.
+"""Training on Celery workers: the same job as the service's own worker, behind a broker.
 
 When ``RECOVERLY_BROKER_URL`` is set, ``POST /train`` sends the run id to a
-Celery queue instead of the in-process thread. Run the workers with the same
+Celery queue instead of the service's own worker. Run the workers with the same
 settings (database, data directory shared with the API)::
 
     export RECOVERLY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//

@@ -1,14 +1,16 @@
 """``recoverly demo``: train and predict under injected faults, and show the service recover.
 
 The demo starts the service on its embedded defaults (a SQLite file, the
-in-process worker, breaker state in memory) under uvicorn, plus a small
+process worker, breaker state in memory) under uvicorn, plus a small
 external predictor on loopback. Then:
 
 1. **Training under faults.** A fault-free reference run of the same config is
    fitted first (no database, no checkpoints). The same config is then queued
    through ``POST /train`` while the database loses connections, batch loads
-   fail and the worker is killed twice mid-training; the run resumes from its
-   checkpoints each time.
+   fail and the worker process training the run is killed twice with
+   ``SIGKILL`` (once right after a step, once in the middle of writing a
+   checkpoint); each time the service starts a new worker process, which
+   resumes from the newest checkpoint.
 2. **Predictions under an outage.** ``POST /predict`` is called while the
    external predictor answers, then times out, then is down, then recovers:
    the breaker opens, the locally trained model answers, and the breaker
@@ -19,10 +21,13 @@ Every fault is injected by a :mod:`recoverly.chaos` part, seeded or scheduled
 :mod:`recoverly.service.predictor_server`), and switched on only for its
 phase: the reference fit and the predictor's healthy phases inject nothing.
 
-The report counts the faults per kind from the parts' statistics and from the
-:class:`~recoverly.events.ChaosInjected` events (per phase too), the retries,
-the breaker transitions, the checkpoint resumes, and compares the trained
-model's weight hash with the reference's.
+The report counts the faults per kind from the parts' statistics (the worker
+processes' included, as they reported them) and from the
+:class:`~recoverly.events.ChaosInjected` events (per phase too; a worker
+process's events are relayed to the service process), the retries, the
+breaker transitions, the worker processes killed (pid, signal, exit code,
+where the kill landed, which process resumed at which step), the checkpoint
+resumes, and compares the trained model's weight hash with the reference's.
 
 .. versionadded:: 0.2
 """
@@ -33,7 +38,6 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,14 @@ from recoverly import events
 from recoverly.chaos import Fault, Latency, Outcome
 from recoverly.service.app import create_app
 from recoverly.service.demo_display import Display
+from recoverly.service.demo_report import (
+    PHASES,
+    DemoReport,
+    Recorder,
+    death_line,
+    fault_row,
+    kills_of,
+)
 from recoverly.service.faults import DATA, DB, KILL, FaultInjector, FaultPlan
 from recoverly.service.jobs import fit, total_steps
 from recoverly.service.predictor import BREAKER_NAME, NO_DELAY
@@ -60,75 +72,6 @@ _CLOSED_STREAK = 5
 DOWN = "predictor_down"
 
 
-@dataclass
-class DemoReport:
-    """What the demo saw; ``all_recovered`` is the verdict.
-
-    .. versionadded:: 0.2
-    """
-
-    faults: dict[str, dict[str, Any]] = field(default_factory=dict)
-    injections_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
-    retries: dict[str, int] = field(default_factory=dict)
-    retries_gave_up: dict[str, int] = field(default_factory=dict)
-    breaker_transitions: list[str] = field(default_factory=list)
-    checkpoint_resumes: int = 0
-    worker_restarts: int = 0
-    run_status: str = ""
-    reference_sha256: str = ""
-    final_sha256: str | None = None
-    model_equal: bool = False
-    accuracy: float | None = None
-    predictions: dict[str, int] = field(default_factory=dict)
-    api_errors: int = 0
-    breaker_final: str = ""
-    all_recovered: bool = False
-    seconds: float = 0.0
-    url: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the report as JSON-ready data."""
-        return asdict(self)
-
-
-#: The demo's phases, in order (the first covers the reference fit and the start-up).
-PHASES = (
-    "reference",
-    "training",
-    "predictor ok",
-    "predictor slow",
-    "predictor down",
-    "predictor recovered",
-)
-
-
-class _Recorder:
-    """Collects the events the report needs."""
-
-    def __init__(self) -> None:
-        self.retries: Counter[str] = Counter()
-        self.gave_up: Counter[str] = Counter()
-        self.transitions: list[str] = []
-        self.phase = PHASES[0]
-        self.injections: dict[str, Counter[str]] = {phase: Counter() for phase in PHASES}
-        self.started = time.monotonic()
-
-    def injected(self, name: str) -> int:
-        """Return the ChaosInjected events of part ``name`` in all phases."""
-        return sum(counts[name] for counts in self.injections.values())
-
-    def __call__(self, event: events.Event) -> None:
-        if isinstance(event, events.ChaosInjected):
-            self.injections[self.phase][event.name] += 1
-        elif isinstance(event, events.RetryScheduled):
-            self.retries[event.name] += 1
-        elif isinstance(event, events.RetryGaveUp):
-            self.gave_up[event.name] += 1
-        elif isinstance(event, events.CircuitStateChanged) and event.name == BREAKER_NAME:
-            at = time.monotonic() - self.started
-            self.transitions.append(f"{at:6.2f}s {event.previous.name} -> {event.state.name}")
-
-
 def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
     if fast:
         config = TrainConfig(
@@ -139,7 +82,8 @@ def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
             db_drop_max=3,
             data_fail_rate=0.06,
             data_fail_max=3,
-            kill_after_steps=(37, 71),
+            # Step 37, then the 77th step run: step 70 (7 steps were redone), a checkpoint step.
+            kill_after_steps=(37, 77),
             seed=7,
         )
         return config, plan, 0.0
@@ -151,7 +95,7 @@ def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
         db_drop_max=6,
         data_fail_rate=0.016,
         data_fail_max=8,
-        kill_after_steps=(170, 530),
+        kill_after_steps=(170, 570),  # steps 170 and 550 (a checkpoint step)
         seed=7,
     )
     return config, plan, 0.012
@@ -159,7 +103,7 @@ def _configs(fast: bool) -> tuple[TrainConfig, FaultPlan, float]:
 
 class _Demo:
     def __init__(
-        self, fast: bool, data_dir: Path, display: Display, port: int, recorder: _Recorder
+        self, fast: bool, data_dir: Path, display: Display, port: int, recorder: Recorder
     ) -> None:
         self.fast = fast
         self.display = display
@@ -215,12 +159,20 @@ class _Demo:
         total = total_steps(self.config)
         record: dict[str, Any] = {}
         deadline = time.monotonic() + 300
+        shown = 0
         while time.monotonic() < deadline:
             record = self._get(f"/models/{run_id}")
+            worker = self._get("/health").get("broker", {})
+            deaths = [e for e in worker.get("exits", ()) if e["returncode"] != 0]
+            for death in deaths[shown:]:
+                self.display.note(death_line(death))
+            shown = len(deaths)
             progress = record.get("progress") or {}
-            self.display.training(record, progress, total, self.faults.counts())
-            if record.get("status") in ("completed", "failed"):
-                break
+            info = dict(record, pid=worker.get("current_pid"), pid_step=worker.get("current_step"))
+            self.display.training(info, progress, total, self.faults.counts())
+            finished = record.get("status") in ("completed", "failed")
+            if finished and worker.get("current_run") is None:
+                break  # the worker process is gone and all it sent is counted
             time.sleep(0.1)
         self.faults.disable()
         return record
@@ -264,7 +216,7 @@ class _Demo:
         return answer
 
     # ------------------------------------------------------------ report
-    def finish(self, record: dict[str, Any], recorder: _Recorder, started: float) -> DemoReport:
+    def finish(self, record: dict[str, Any], recorder: Recorder, started: float) -> DemoReport:
         report = self.report
         counts = self.faults.counts()
         health = self._get("/health")
@@ -274,6 +226,17 @@ class _Demo:
         report.breaker_transitions = recorder.transitions
         report.checkpoint_resumes = int(record.get("resumes") or 0)
         report.worker_restarts = int(worker.get("restarts") or 0)
+        lives = [e for e in worker.get("exits", ()) if e["run_id"] == record.get("id")]
+        report.worker_pids = [life["pid"] for life in lives]
+        report.worker_kills = kills_of(lives)
+        killed = (
+            len(report.worker_kills) == counts.get(KILL, 0)
+            and len(set(report.worker_pids)) == len(lives)
+            and all(
+                k["signal"] == "SIGKILL" and k["killed_by_service"] and k["resumed_at_step"]
+                for k in report.worker_kills
+            )
+        )
         report.run_status = str(record.get("status"))
         report.final_sha256 = record.get("weights_sha256")
         report.model_equal = report.final_sha256 == report.reference_sha256
@@ -287,6 +250,7 @@ class _Demo:
             DB: completed and progress.get("percent") == _DONE,
             DATA: completed and recorder.gave_up.get("load_batch", 0) == 0,
             KILL: completed
+            and killed
             and report.checkpoint_resumes >= counts.get(KILL, 0)
             and report.model_equal,
             TIMEOUT: answered,
@@ -299,9 +263,10 @@ class _Demo:
             TIMEOUT: self.predictor.slow,
             DOWN: self.predictor.down,
         }
-        report.faults = {
-            kind: _fault_row(part, recorder, recovered[kind]) for kind, part in parts.items()
-        }
+        report.faults = {}
+        for kind, part in parts.items():
+            stats = self.faults.statistics(kind) if kind in (DB, DATA, KILL) else None
+            report.faults[kind] = fault_row(part, recorder, recovered[kind], stats)
         report.injections_by_phase = {
             phase: dict(counts) for phase, counts in recorder.injections.items()
         }
@@ -312,21 +277,6 @@ class _Demo:
         )
         report.seconds = round(time.monotonic() - started, 2)
         return report
-
-
-def _fault_row(
-    part: Fault | Latency | Outcome, recorder: _Recorder, recovered: bool
-) -> dict[str, Any]:
-    """One row of the report: the chaos part, its injections (counted and seen), the verdict."""
-    stats = part.statistics()
-    return {
-        "injected": stats.injected,
-        "events": recorder.injected(part.name or ""),
-        "calls": stats.calls,
-        # The part is switched off by now; show its settings without that.
-        "chaos": part.describe_part().removesuffix(" enabled=False"),
-        "recovered": recovered,
-    }
 
 
 def run_demo(
@@ -357,7 +307,7 @@ def run_demo(
     if data_dir is None:
         owned = tempfile.TemporaryDirectory(prefix="recoverly-demo-")
         data_dir = Path(owned.name)
-    recorder = _Recorder()
+    recorder = Recorder()
     events.subscribe(recorder)
     handler = display.capture_logs()
     try:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from recoverly.service.demo import DemoReport
+    from recoverly.service.demo_report import DemoReport
 
 __all__ = ["Display"]
 
@@ -115,11 +115,18 @@ class Display:
     def training(
         self, record: dict[str, Any], progress: dict[str, Any], total: int, faults: dict[str, int]
     ) -> None:
-        """Show a run's progress and the faults injected so far."""
+        """Show a run's progress and the faults so far.
+
+        ``record["pid"]`` and ``record["pid_step"]``: the worker process and the
+        last step it reported (the progress row may lag behind while the
+        database is unavailable).
+        """
         step = int(progress.get("step") or 0)
         info = (
             f"step {step}/{total}  status {record.get('status')}  resumes {record.get('resumes')}"
         )
+        if record.get("pid") is not None:
+            info += f"  worker pid {record['pid']} at step {record.get('pid_step') or 0}"
         self.progress.update(self.task, completed=step, total=total, info=info)
         grid = Table.grid(padding=(0, 2))
         for kind, count in sorted(faults.items()):
@@ -168,6 +175,21 @@ class Display:
             f"Checkpoint resumes: {report.checkpoint_resumes}   worker restarts: "
             f"{report.worker_restarts}   predictions: {report.predictions}"
         )
+        pids = ", ".join(map(str, report.worker_pids))
+        self.console.print(f"Worker processes of the run (pids): {pids}", highlight=False)
+        for kill in report.worker_kills:
+            where = (
+                f"while writing the checkpoint of step {kill['after_step']}"
+                if kill["in_checkpoint_write"]
+                else f"after step {kill['after_step']}"
+            )
+            self.console.print(
+                f"  pid {kill['pid']} killed by {kill['signal']} (exit code "
+                f"{kill['returncode']}) {where}; pid {kill['resumed_by_pid']} resumed at step "
+                f"{kill['resumed_at_step']}",
+                highlight=False,
+                soft_wrap=True,
+            )
         self.console.print(
             f"Final model equals the fault-free one: {same} "
             f"(sha256 {str(report.final_sha256)[:16]}... vs {report.reference_sha256[:16]}...)"

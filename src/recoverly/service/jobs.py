@@ -1,11 +1,14 @@
 """The training job: fit a run's model with checkpoints, progress reports and retried data loads.
 
 :func:`fit` is the loop itself (usable with no database: the demo's fault-free
-reference run calls it directly). :class:`TrainingJob` wraps it for the
-worker: it reads the run's config, resumes from the run's newest checkpoint,
-reports progress through a :class:`~recoverly.training.ProgressTracker` (a
-local journal replayed to the database in the background, so a database
-outage never stops training) and records the result.
+reference run calls it directly). :class:`TrainingJob` wraps it for a
+worker process (the service's own, see :mod:`recoverly.service.worker`, or a
+Celery worker): it reads the run's config, resumes from the run's newest
+checkpoint, reports progress through a
+:class:`~recoverly.training.ProgressTracker` (a local journal replayed to the
+database in the background, so a database outage never stops training, and a
+killed process's unsent reports are replayed by the next one) and records the
+result.
 
 .. versionadded:: 0.2
 """
@@ -16,13 +19,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
 from recoverly._core.clock import resolve
 from recoverly.retry import Retry, retry
-from recoverly.service.faults import FaultInjector
 from recoverly.service.model import (
     Dataset,
     FloatArray,
@@ -34,12 +36,29 @@ from recoverly.service.model import (
 from recoverly.service.schemas import TrainConfig
 from recoverly.service.store import Store
 from recoverly.training import Checkpoint, CheckpointManager, ProgressTracker
+from recoverly.training import Store as CheckpointStore
 
-__all__ = ["FitResult", "TrainingJob", "fit", "load_model", "total_steps"]
+__all__ = ["FitResult", "StepHooks", "TrainingJob", "fit", "load_model", "total_steps"]
 
 _log = logging.getLogger("recoverly.service")
 
 OnStep = Callable[[int, int, float], None]
+
+
+class StepHooks(Protocol):
+    """Where the training loop lets faults in: before each batch load, after each step.
+
+    :class:`~recoverly.service.faults.FaultInjector` is one; a worker process
+    uses its own, which also asks the service process whether to go on.
+
+    .. versionadded:: 0.2
+    """
+
+    def data_load(self) -> None:
+        """Called before each batch load (may raise ``ConnectionError``)."""
+
+    def after_step(self, run_id: object, step: int, *, saving: bool = False) -> None:
+        """Called after each step; ``saving``: a checkpoint save follows it."""
 
 
 def total_steps(config: TrainConfig) -> int:
@@ -76,7 +95,7 @@ def fit(
     *,
     checkpoints: CheckpointManager | None = None,
     on_step: OnStep | None = None,
-    faults: FaultInjector | None = None,
+    faults: StepHooks | None = None,
     run_id: object = None,
     dataset: Dataset | None = None,
 ) -> FitResult:
@@ -126,10 +145,11 @@ def fit(
             step += 1
             if on_step is not None:
                 on_step(epoch, step, loss)
-            if faults is not None:
-                faults.after_step(run_id, step)
             last = index == n_batches - 1
-            if checkpoints is not None and (last or step % config.checkpoint_every == 0):
+            saving = checkpoints is not None and (last or step % config.checkpoint_every == 0)
+            if faults is not None:
+                faults.after_step(run_id, step, saving=saving)
+            if checkpoints is not None and saving:
                 position = (epoch + 1, 0) if last else (epoch, index + 1)
                 state = {"model": model.get_state(), "epoch": position[0], "batch": position[1]}
                 state["loss"] = loss
@@ -166,6 +186,8 @@ class TrainingJob:
         faults: Fault hooks (``None``: no faults).
         progress_interval: Seconds between the tracker's database writes.
         step_delay: Seconds to pause after each step (through the recoverly clock).
+        checkpoint_store: Makes the checkpoint store of a run's directory
+            (``None``: a :class:`~recoverly.training.LocalStore`).
 
     .. versionadded:: 0.2
     """
@@ -177,9 +199,10 @@ class TrainingJob:
         checkpoint_dir: Path,
         journal_dir: Path,
         *,
-        faults: FaultInjector | None = None,
+        faults: StepHooks | None = None,
         progress_interval: float = 0.2,
         step_delay: float = 0.0,
+        checkpoint_store: Callable[[Path], CheckpointStore] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -188,16 +211,21 @@ class TrainingJob:
         self.faults = faults
         self.progress_interval = progress_interval
         self.step_delay = step_delay
+        self.checkpoint_store = checkpoint_store
 
     def checkpoints_of(self, run_id: int) -> Path:
         """Return the checkpoint directory of run ``run_id``."""
         return self.checkpoint_dir / f"run-{run_id}"
 
-    def __call__(self, run_id: int) -> None:
+    def __call__(self, run_id: int, dataset: Dataset | None = None) -> None:
         """Train run ``run_id`` to the end (or until the worker is killed).
 
         A run whose config no longer validates, or whose training raises, is
         recorded as ``failed`` with the error; nothing is raised.
+
+        Args:
+            run_id: The run.
+            dataset: Its data (default: generated from its config).
         """
         record = self.store.get_run(run_id)
         if record is None or record["status"] == "completed":
@@ -205,7 +233,9 @@ class TrainingJob:
         config = TrainConfig.model_validate(record["config"])
         total = total_steps(config)
         self.journal_dir.mkdir(parents=True, exist_ok=True)
-        with CheckpointManager(self.checkpoints_of(run_id), keep_last=3) as checkpoints:
+        directory = self.checkpoints_of(run_id)
+        where = self.checkpoint_store(directory) if self.checkpoint_store else directory
+        with CheckpointManager(where, keep_last=3) as checkpoints:
             resumed = bool(checkpoints.list())
             self.store.set_status(run_id, "running", resumed=resumed)
             tracker = ProgressTracker(
@@ -228,6 +258,7 @@ class TrainingJob:
                     on_step=on_step,
                     faults=self.faults,
                     run_id=run_id,
+                    dataset=dataset,
                 )
             except Exception as exc:
                 _log.exception("training run %s failed", run_id)

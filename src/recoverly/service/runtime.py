@@ -14,10 +14,14 @@ from recoverly.circuit_breaker import KIND as BREAKER_KIND
 from recoverly.db import ConnectionPoolMonitor
 from recoverly.service.faults import FaultInjector
 from recoverly.service.jobs import TrainingJob
+from recoverly.service.model import Dataset, make_dataset
 from recoverly.service.predictor import BREAKER_NAME, LocalModels, Predictor
+from recoverly.service.schemas import TrainConfig
 from recoverly.service.settings import Settings
 from recoverly.service.store import Store, make_engine
-from recoverly.service.worker import InProcessWorker, Worker
+from recoverly.service.supervision import WorkerExit
+from recoverly.service.worker import ProcessWorker, Worker
+from recoverly.service.worker_process import WorkerSpec
 from recoverly.stores import BreakerStore
 
 __all__ = ["Service"]
@@ -99,6 +103,7 @@ class Service:
         )
         self.started = False
         self._newest: tuple[int, float] | None = None
+        self._dataset: tuple[int, Dataset | None] | None = None
 
     def newest_model_id(self) -> int | None:
         """Return the id of the newest completed run (cached for a second; ``None``: none yet).
@@ -120,15 +125,52 @@ class Service:
             from recoverly.service.celery_worker import CeleryWorker  # noqa: PLC0415 - optional
 
             return CeleryWorker(self.settings)
-        return InProcessWorker(
-            self.job, on_interrupted=self._interrupted, on_given_up=self._given_up
+        return ProcessWorker(
+            self.worker_spec,
+            faults=self.faults,
+            on_interrupted=self._interrupted,
+            on_given_up=self._given_up,
         )
 
-    def _interrupted(self, run_id: int, exc: BaseException) -> None:
-        self.store.set_status(run_id, "interrupted", error=str(exc))
+    def worker_spec(self, run_id: int) -> WorkerSpec:
+        """Return what a worker process training run ``run_id`` gets.
 
-    def _given_up(self, run_id: int, exc: BaseException) -> None:
-        self.store.set_status(run_id, "failed", error=f"worker died too often: {exc}")
+        The run's dataset is generated here, once per run (from its config's
+        seed), and handed to each of its worker processes, which then start
+        without importing scikit-learn.
+        """
+        faults = self.faults
+        return WorkerSpec(
+            run_id,
+            self.settings,
+            faults=faults.worker_plan() if faults is not None else None,
+            switches=faults.switches() if faults is not None else {},
+            dataset=self._dataset_of(run_id),
+            progress_interval=self.job.progress_interval,
+        )
+
+    def _dataset_of(self, run_id: int) -> Dataset | None:
+        cached = self._dataset
+        if cached is not None and cached[0] == run_id:
+            return cached[1]
+        dataset = None
+        record = self.store.get_run(run_id)
+        if record is not None:
+            try:
+                config = TrainConfig.model_validate(record["config"])
+            except ValueError:  # the worker process records the run as failed
+                config = None
+            if config is not None:
+                seed = config.seed
+                dataset = make_dataset(config.n_samples, config.n_features, config.n_classes, seed)
+        self._dataset = (run_id, dataset)
+        return dataset
+
+    def _interrupted(self, run_id: int, ended: WorkerExit) -> None:
+        self.store.set_status(run_id, "interrupted", error=str(ended))
+
+    def _given_up(self, run_id: int, ended: WorkerExit) -> None:
+        self.store.set_status(run_id, "failed", error=f"worker died too often: {ended}")
 
     def start(self) -> None:
         """Start the worker and queue the runs a previous process left unfinished."""

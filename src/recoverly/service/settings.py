@@ -1,8 +1,9 @@
 """Settings of the reference service, read from ``RECOVERLY_*`` variables and ``.env``.
 
 Every setting has an embedded default, so the service runs with nothing
-configured: a SQLite file and checkpoints in ``./recoverly-data``, an in-process
-worker, breaker state in memory, no fault injection and no API token.
+configured: a SQLite file and checkpoints in ``./recoverly-data``, the service's
+own worker (a worker process per run), breaker state in memory, no fault
+injection and no API token.
 
 .. versionadded:: 0.2
 """
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
     Attributes:
         data_dir: Where the default database, checkpoints and journals live.
         database_url: SQLAlchemy URL; ``None``: a SQLite file in ``data_dir``.
-        broker_url: Celery broker URL; ``None``: the in-process worker.
+        broker_url: Celery broker URL; ``None``: the service's own worker processes.
         celery_queue: The Celery queue training runs are sent to.
         redis_url: Redis URL for shared breaker state; ``None``: in memory.
         redis_prefix: Prefix of the service's Redis keys.
