@@ -272,3 +272,29 @@ def test_commit_false_after_a_failed_batch_leaves_the_transaction_usable(pg):
     assert _ids(pg) == []
     with Session(pg) as s:
         assert s.get(Parent, 3) is None  # the caller's own pending work was rolled back too
+
+
+@pytest.mark.parametrize("when", ["before the data", "before the end of the data"])
+def test_interrupt_while_sending_a_batch_leaves_a_usable_connection(pg, monkeypatch, when):
+    """Ctrl-C half way through sending a COPY: it propagates, the COPY is settled, commits stay."""
+    from recoverly.db import _copy
+
+    flush = _copy._flush
+    calls = 0
+    # send() flushes after the query (1) and after the data (2); finish() flushes once (3).
+    # Batch 1 takes calls 1-3, then batch 2 is sent: interrupt at its call 4 or 5.
+    target = 4 if when == "before the data" else 5
+
+    def interrupted(pg_conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == target:
+            raise KeyboardInterrupt
+        flush(pg_conn)
+
+    monkeypatch.setattr(_copy, "_flush", interrupted)
+    with Session(pg) as s:
+        with pytest.raises(KeyboardInterrupt):
+            safe_bulk_insert(s, Row, _rows(300), batch_size=100, commit_every=100)
+        assert s.scalar(select(sa.func.count()).select_from(Row)) == 1 + 100
+    assert _ids(pg) == list(range(100))  # batch 1 was committed before the interruption

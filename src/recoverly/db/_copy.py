@@ -89,7 +89,7 @@ class CopyPlan:
 
 
 def _wait(fd: int, *, write: bool) -> None:
-    """Block until the socket is readable (or writable, if asked)."""
+    """Block until the socket is readable (or, if asked, writable)."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(fd, select.POLLIN | (select.POLLOUT if write else 0))
@@ -176,10 +176,10 @@ class CopyWire:
                 return
             for start in range(0, len(data), _PIECE):
                 piece = data[start : start + _PIECE] if len(data) > _PIECE else data
-                while not pg.put_copy_data(piece):
-                    _wait(pg.socket, write=True)
+                while not pg.put_copy_data(piece):  # libpq's buffer is full
+                    _make_room(pg)
             while not pg.put_copy_end(None):
-                _wait(pg.socket, write=True)
+                _make_room(pg)
             _flush(pg)
         except raw.Error as exc:
             self.discard()
@@ -240,11 +240,17 @@ def _status(name: str) -> Any:
     return pq.TransactionStatus[name]
 
 
+def _make_room(pg: Any) -> None:
+    """Wait until the socket takes more data, reading meanwhile so that the server never blocks."""
+    _wait(pg.socket, write=True)
+    pg.consume_input()
+    pg.flush()
+
+
 def _flush(pg: Any) -> None:
-    """Send everything libpq buffered, reading meanwhile so that the server never blocks."""
+    """Send everything libpq buffered."""
     while pg.flush():
-        _wait(pg.socket, write=True)
-        pg.consume_input()
+        _make_room(pg)
 
 
 def _result(pg: Any) -> Any:
@@ -272,10 +278,12 @@ def _drain(raw: Any) -> Exception | None:
     from psycopg import errors, pq  # noqa: PLC0415
 
     pg = raw.pgconn
+    _flush(pg)  # what an interruption left in libpq's buffer
     failure: Exception | None = None
     while (result := _result(pg)) is not None:
         if result.status == pq.ExecStatus.COPY_IN:  # interrupted while sending: end the COPY
-            pg.put_copy_end(b"abandoned by safe_bulk_insert")
+            while not pg.put_copy_end(b"abandoned by safe_bulk_insert"):
+                _make_room(pg)
             _flush(pg)
         elif result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
             failure = errors.error_from_result(result, encoding=raw.info.encoding)
