@@ -298,3 +298,40 @@ def test_interrupt_while_sending_a_batch_leaves_a_usable_connection(pg, monkeypa
             safe_bulk_insert(s, Row, _rows(300), batch_size=100, commit_every=100)
         assert s.scalar(select(sa.func.count()).select_from(Row)) == 1 + 100
     assert _ids(pg) == list(range(100))  # batch 1 was committed before the interruption
+
+
+def test_unique_checked_at_the_end_of_the_statement_is_found_by_its_key(pg):
+    """A DEFERRABLE unique key names no line (checked after the COPY): its key finds the row."""
+    with pg.begin() as conn:
+        conn.execute(
+            sa.text(
+                "ALTER TABLE copypipe_rows DROP CONSTRAINT copypipe_rows_code_key, "
+                "ADD CONSTRAINT copypipe_rows_code_key UNIQUE (code) DEFERRABLE INITIALLY IMMEDIATE"
+            )
+        )
+    bad = {30: "unique", 70: "check"}
+    rows = _rows(100, bad)
+    with Session(pg) as s:
+        result = safe_bulk_insert(s, Row, rows, batch_size=100)
+    _check(rows, bad, result, pg)
+    unique = next(exc for record, exc in result[1] if record["id"] == 30)
+    assert "line" not in (unique.orig.diag.context or "")  # found by its key, not by a line
+
+
+def test_foreign_key_deferred_to_commit_fails_the_commit(pg):
+    """A key deferred to COMMIT fails the commit: that error propagates, earlier commits stay."""
+    with pg.begin() as conn:
+        conn.execute(
+            sa.text(
+                "ALTER TABLE copypipe_rows DROP CONSTRAINT copypipe_rows_parent_id_fkey, "
+                "ADD CONSTRAINT copypipe_rows_parent_id_fkey FOREIGN KEY (parent_id) "
+                "REFERENCES copypipe_parents (id) DEFERRABLE INITIALLY DEFERRED"
+            )
+        )
+    rows = _rows(300, {150: "foreign_key"})
+    with Session(pg) as s, pytest.raises(sa.exc.IntegrityError) as info:
+        safe_bulk_insert(s, Row, rows, batch_size=100, commit_every=100)
+    assert info.value.orig.sqlstate == "23503"
+    assert _ids(pg) == list(range(100))
+    if sys.version_info >= (3, 11):
+        assert "100 records were committed" in "".join(info.value.__notes__)
