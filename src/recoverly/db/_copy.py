@@ -20,9 +20,9 @@ loading overlap as they do inside one long COPY.
 
 A failing COPY names the bad row itself (``COPY items, line 57``) for row-level
 checks (NOT NULL, CHECK, unique, a value the column cannot parse); the
-isolation step then tries that row alone and the rest as one batch. Foreign
-keys are checked at the end of the statement and say only which key was
-missing, which the isolation step also reads. Errors are raised as the same
+isolation step (:mod:`recoverly.db._isolate`) reports that row and sends the
+rest again. Foreign keys are checked at the end of the statement and say only
+which key was missing, which the isolation step also reads. Errors are raised as the same
 SQLAlchemy exception classes an INSERT would raise, with psycopg's error
 (``sqlstate``, ``diag``) as ``.orig``.
 """
@@ -131,11 +131,6 @@ class CopyWire:
         self._raw: Any = None  # its psycopg connection
         self._failure: Exception | None = None  # the batch failed before its data was sent
         self._sql = ""
-
-    @property
-    def busy(self) -> bool:
-        """Whether a batch was sent and its outcome not read yet."""
-        return self._conn is not None
 
     @staticmethod
     def format(conn: Connection, keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:

@@ -19,9 +19,11 @@ from recoverly.db._bulk_support import is_row_error, quiet_pipeline, statement
 from recoverly.db._copy import CopyPlan, CopyWire
 from recoverly.db._suspects import copy_line, suspects
 
-__all__ = ["BulkRun"]
+__all__ = ["COPY_STATEMENT_ROWS", "BulkRun"]
 
-_STATEMENT_ROWS = 100  # what one more COPY statement costs, in rows' worth of loading
+#: What one more COPY statement costs, in rows' worth of loading (measured with
+#: ``benchmarks/bench_db_copy.py`` at 0.1-10 % bad rows).
+COPY_STATEMENT_ROWS = 100
 _PRIOR_ROWS = 1000  # how much the load's share of bad rows counts against one batch's
 
 # None means NULL (not "omit the column"), so every row of a batch has the same
@@ -218,7 +220,7 @@ class BulkRun:
             # against the load's recent share as if that came from _PRIOR_ROWS rows.
             share = (seen + _PRIOR_ROWS * self.bad_share) / (scanned + _PRIOR_ROWS)
             records, rows = self.without(records, rows, line, share, done, uniform=uniform)
-            piece = round(math.sqrt(_STATEMENT_ROWS / share))
+            piece = round(math.sqrt(COPY_STATEMENT_ROWS / share))
             if len(rows) > 2 * piece:
                 # Far more rows than a batch should hold at this share of bad
                 # rows: send them in batches of that size instead.
@@ -257,7 +259,7 @@ class BulkRun:
         later fails) are inserted on their own first: one more statement, but
         the server does not load and roll them back again at the next bad row.
         """
-        if line * share * (len(rows) - line) >= _STATEMENT_ROWS:
+        if line * share * (len(rows) - line) >= COPY_STATEMENT_ROWS:
             self.insert(records[:line], rows[:line], done, uniform=uniform)
             return records[line + 1 :], rows[line + 1 :]
         return records[:line] + records[line + 1 :], rows[:line] + rows[line + 1 :]

@@ -86,7 +86,7 @@ from sqlalchemy.orm import Mapper, Session
 from recoverly._core.validate import Problems
 from recoverly.db._bulk_support import as_row, is_row_error
 from recoverly.db._copy import CopyWire
-from recoverly.db._isolate import BulkRun
+from recoverly.db._isolate import COPY_STATEMENT_ROWS, BulkRun
 from recoverly.db.savepoint import check_savepoints
 
 __all__ = [
@@ -107,7 +107,6 @@ DEFAULT_COPY_BATCH_SIZE = 10_000
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
 _OVERHEAD_ROWS = 400  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
-_COPY_OVERHEAD_ROWS = 100  # the same for COPY (measured: bench_db_copy.py at 0.1-10 % bad)
 _COPY_FIRST_BATCH = 250  # the first COPY batch; later ones double while no row is bad
 _MIN_BATCH = 8
 
@@ -288,7 +287,7 @@ class _Load:
         else:
             if self.bad_share <= 0:
                 return min(limit, self.ramp)
-            overhead = _COPY_OVERHEAD_ROWS
+            overhead = COPY_STATEMENT_ROWS
         return max(_MIN_BATCH, min(limit, round(math.sqrt(overhead / self.bad_share))))
 
     def batch(self, records: list[Any], rows: list[dict[str, Any]], *, uniform: bool) -> None:
