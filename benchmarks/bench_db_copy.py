@@ -279,8 +279,10 @@ def _markdown(n: int, repeats: int, sample: int, med: dict[str, float]) -> str:
         "",
         (
             f"{n:,} rows into PostgreSQL (local server) with psycopg 3, median of {repeats} "
-            f"interleaved runs, `batch_size={DEFAULT_COPY_BATCH_SIZE}` (the COPY default), "
-            '`method="copy"`. Bad rows '
+            'interleaved runs, `method="copy"` with the default batch sizes (COPY batches '
+            "start at 250 rows and double while no row is bad, up to "
+            f"{DEFAULT_COPY_BATCH_SIZE:,}; while rows are bad, about sqrt(100 / bad share)). "
+            "Bad rows "
             "are spread over five kinds in turn: unique (existing key), NOT NULL, CHECK, "
             "foreign key, bad type. Clean cases load the good rows of the 0.1 % set. Row by row "
             f"= INSERT + COMMIT per row, measured on {sample:,} rows and scaled (marked *)."

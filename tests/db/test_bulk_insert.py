@@ -14,6 +14,7 @@ sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import event, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
+from recoverly.db._copy import CopyWire  # noqa: E402
 from recoverly.db.bulk import DEFAULT_BATCH_SIZE, is_row_error, safe_bulk_insert  # noqa: E402
 from recoverly.db.savepoint import enable_sqlite_savepoints  # noqa: E402
 
@@ -419,27 +420,29 @@ class Doc(Base):
     kind: Mapped[str] = mapped_column(sa.String(10), default="plain")
 
 
-def _count_copies(engine) -> list[str]:
-    """COPY runs on the raw connection, below SQLAlchemy's statement events: count savepoints."""
+def _count_copies(monkeypatch) -> list[str]:
+    """COPY runs on the raw connection, below SQLAlchemy's statement events: count the sends."""
     seen: list[str] = []
+    send = CopyWire.send
 
-    @event.listens_for(engine, "savepoint")
-    def count(conn, name):
-        seen.append(name)
+    def counting(self, conn, sql, data):
+        seen.append(sql)
+        return send(self, conn, sql, data)
 
+    monkeypatch.setattr(CopyWire, "send", counting)
     return seen
 
 
-def test_copy_loads_each_batch_with_one_copy(pg):
-    """method='auto' on psycopg 3: no INSERT statement, one savepoint (one COPY) per batch."""
-    inserts, copies = _count_inserts(pg), _count_copies(pg)
+def test_copy_loads_each_batch_with_one_copy(pg, monkeypatch):
+    """method='auto' on psycopg 3: no INSERT statement, one COPY per batch."""
+    inserts, copies = _count_inserts(pg), _count_copies(monkeypatch)
     with Session(pg) as s:
         inserted, failed = safe_bulk_insert(s, Item, _records(250, {}), batch_size=100)
     assert (len(inserted), failed, inserts, len(copies)) == (250, [], [], 3)
     assert len(_codes(pg)) == 250
 
 
-def test_copy_isolates_every_kind_of_bad_row(pg):
+def test_copy_isolates_every_kind_of_bad_row(pg, monkeypatch):
     """NOT NULL, CHECK, unique, foreign key and type errors under COPY: exactly the good rows."""
     with Session(pg) as s:
         s.add(Parent(id=1))
@@ -456,7 +459,7 @@ def test_copy_isolates_every_kind_of_bad_row(pg):
     }
     for i, change in bad.items():
         rows[i] = {**rows[i], **change}
-    copies = _count_copies(pg)
+    copies = _count_copies(monkeypatch)
     with Session(pg) as s:
         inserted, failed = safe_bulk_insert(s, Child, rows, batch_size=100, method="copy")
     errors = {r["id"]: e for r, e in failed}

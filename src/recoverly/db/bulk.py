@@ -8,23 +8,30 @@
 
 **Fast path.** On PostgreSQL with psycopg 3, each batch is one ``COPY ... FROM
 STDIN`` inside a savepoint (``method="auto"``, see :mod:`recoverly.db._copy`
-for when COPY is exact; a failing COPY names its bad row by line). Elsewhere,
-each batch is one bulk INSERT of the table (SQLAlchemy Core
-``executemany``: psycopg 3 pipelines it, other drivers use insertmanyvalues or
-their own batching) inside a savepoint, on the session's connection. Mappers
-over several tables (joined inheritance), or batches whose records do not all
-name the same attributes, go through the ORM's ``insert(Model)`` instead.
+for when COPY is exact; a failing COPY names its bad row by line). The
+savepoint is sent in the same query as the COPY, and the next batch is gathered
+and formatted while the server loads the current one. Elsewhere, each batch is
+one bulk INSERT of the table (SQLAlchemy Core ``executemany``: psycopg 3
+pipelines it, other drivers use insertmanyvalues or their own batching) inside a
+savepoint, on the session's connection. Mappers over several tables (joined
+inheritance), or batches whose records do not all name the same attributes, go
+through the ORM's ``insert(Model)`` instead.
 
 **Isolating bad rows.** When a batch fails because of its data (a constraint, a
 value the column cannot take), the work is rolled back and the bad rows are
-found in one of two ways:
+found in one of three ways:
 
+- *By the line a COPY names* (``COPY items, line 57``: NOT NULL, CHECK, unique,
+  a value the column cannot parse). That row is reported and the batch goes
+  back without it, again until it lands; when more bad rows are likely, the
+  rows before the named one first go back on their own, and a rest much longer
+  than a batch should be goes back in smaller batches.
 - *By the error's hint.* The database usually names the culprit: PostgreSQL's
-  diagnostics give the NOT NULL column or the duplicate key (``Key (code)=(x)``)
-  or the value it could not parse; MySQL and SQLite say the same in their
-  messages. The rows matching the hint are tried one by one and the others go
-  back as one batch, so one bad row costs three statements (the batch, the row,
-  the rest) and about one resend of its batch.
+  diagnostics give the NOT NULL column or the duplicate or missing key
+  (``Key (code)=(x)``) or the value it could not parse; MySQL and SQLite say the
+  same in their messages. The rows matching the hint are tried one by one and
+  the others go back as one batch, so one bad row costs three statements (the
+  batch, the row, the rest) and about one resend of its batch.
 - *By bisection*, when there is no usable hint (a CHECK constraint, a trigger):
   the batch is split in halves, each tried in its own savepoint, recursively; a
   batch of ``n`` rows with ``k`` bad rows costs about ``1 + 2·k·log2(n)``
@@ -54,12 +61,14 @@ The first commit also commits whatever the caller had pending on the session.
 With ``commit=False`` everything stays in the caller's transaction (still with
 savepoints).
 
-**Batch size.** ``batch_size`` (default 200) is the largest batch. A bad row
-costs about one re-send of its batch, a batch a fixed overhead (savepoint,
-statement), so while many rows turn out bad the batches shrink to about
-``sqrt(400 / bad_share)`` rows for INSERT (63 at 10 % bad; 1000 instead of 400
-for COPY) and grow back as the share falls; see ``benchmarks/bench_db_bulk.py``
-and ``bench_db_copy.py``.
+**Batch size.** ``batch_size`` is the largest batch (default 200 for INSERT,
+10 000 for COPY). A bad row costs about one re-send of its batch, a batch a
+fixed overhead (savepoint, statement), so while many rows turn out bad the
+batches shrink to about ``sqrt(400 / bad_share)`` rows for INSERT (63 at 10 %
+bad) and ``sqrt(100 / bad_share)`` for COPY (316 at 0.1 %, 32 at 10 %), and
+grow back as the share falls. COPY batches start at 250 rows and double while
+no row is bad: a long COPY costs the server less per row. See
+``benchmarks/bench_db_bulk.py`` and ``bench_db_copy.py``.
 
 .. versionadded:: 0.1
 """
@@ -73,12 +82,11 @@ from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper, Session
-from sqlalchemy.sql.schema import Table
 
 from recoverly._core.validate import Problems
-from recoverly.db._bulk_support import as_row, is_row_error, quiet_pipeline, statement
-from recoverly.db._copy import CopyPlan, copy_rows
-from recoverly.db._suspects import copy_line, suspects
+from recoverly.db._bulk_support import as_row, is_row_error
+from recoverly.db._copy import CopyWire
+from recoverly.db._isolate import COPY_STATEMENT_ROWS, BulkRun
 from recoverly.db.savepoint import check_savepoints
 
 __all__ = [
@@ -92,147 +100,20 @@ R = TypeVar("R")
 
 #: Rows per INSERT batch when ``batch_size`` is not given (see the module docs).
 DEFAULT_BATCH_SIZE = 200
-#: Rows per COPY batch when ``batch_size`` is not given: a COPY waits for the server
-#: at the end of each batch, so small batches lose the overlap of sending and loading.
-DEFAULT_COPY_BATCH_SIZE = 1000
+#: The largest COPY batch when ``batch_size`` is not given. COPY batches start at
+#: 250 rows and double while no row is bad: a long COPY costs less per row, but a
+#: bad row costs about half a batch of rows the server loaded and rolled back.
+DEFAULT_COPY_BATCH_SIZE = 10_000
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
 _OVERHEAD_ROWS = 400  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
-_COPY_OVERHEAD_ROWS = 1000  # the same for COPY, whose rows are ~10x cheaper
+_COPY_FIRST_BATCH = 250  # the first COPY batch; later ones double while no row is bad
 _MIN_BATCH = 8
-
-# None means NULL (not "omit the column"), so every row of a batch has the same
-# columns and the batch stays one statement.
-_OPTIONS = {"render_nulls": True}
 
 
 def _note(exc: BaseException, text: str) -> None:
     if sys.version_info >= (3, 11):
         exc.add_note(text)
-
-
-class _Run:
-    """One safe_bulk_insert call: the statements, the results so far, the bisection."""
-
-    __slots__ = (
-        "copy",
-        "core",
-        "db",
-        "failed",
-        "force_copy",
-        "isolations",
-        "mapper",
-        "orm",
-        "uniform",
-    )
-
-    def __init__(
-        self, db: Session, mapper: Mapper[Any], on_conflict: str | None, method: str
-    ) -> None:
-        self.db = db
-        self.mapper = mapper
-        self.orm = statement(db, mapper, on_conflict, orm=True)
-        # The Core statement skips the ORM's per-call work; it needs one table and
-        # attribute names that are column names.
-        plain = len(mapper.tables) == 1 and all(
-            len(prop.columns) == 1 and prop.columns[0].key == prop.key
-            for prop in mapper.column_attrs
-        )
-        self.core = statement(db, mapper, on_conflict, orm=False) if plain else None
-        self.copy: CopyPlan | None = None
-        self.force_copy = method == "copy"
-        if method != "insert":
-            dialect = db.get_bind(mapper).dialect
-            usable = plain and on_conflict is None and CopyPlan.possible(dialect)
-            if usable:
-                self.copy = CopyPlan(cast("Table", mapper.local_table), dialect)
-            elif self.force_copy:
-                msg = (
-                    "method='copy' needs PostgreSQL through psycopg 3, a mapper over one "
-                    f"table and no on_conflict; got {dialect.name}+{dialect.driver}"
-                )
-                raise ValueError(msg)
-        self.failed: list[tuple[Any, BaseException]] = []
-        self.isolations = 0
-        self.uniform = True  # every row of the current batch names the same keys
-
-    def execute(self, rows: list[dict[str, Any]]) -> None:
-        """One bulk INSERT (or COPY) of ``rows`` in a savepoint of the session's transaction."""
-        uniform = self.uniform or len(rows) == 1
-        if self.copy is not None and uniform:
-            sql = self.copy.statement(rows[0].keys())
-            if sql is not None:
-                conn = self.db.connection(bind_arguments={"mapper": self.mapper})
-                with conn.begin_nested():
-                    copy_rows(conn, sql, rows)
-                return
-            if self.force_copy:
-                msg = (
-                    f"method='copy' cannot load the columns {sorted(rows[0])} exactly: one "
-                    "converts its values in SQLAlchemy (JSON, enum, custom type) or an "
-                    "omitted one has a Python-side default; use method='auto'"
-                )
-                raise ValueError(msg)
-        if self.core is not None and uniform:
-            conn = self.db.connection(bind_arguments={"mapper": self.mapper})
-            with quiet_pipeline(), conn.begin_nested():
-                conn.execute(self.core, rows)
-        else:
-            with quiet_pipeline(), self.db.begin_nested():
-                self.db.execute(self.orm, rows, execution_options=_OPTIONS)
-
-    def insert(self, records: list[Any], rows: list[dict[str, Any]], done: list[Any]) -> None:
-        """Insert ``rows`` (isolating bad rows); append landed records to ``done``."""
-        if not rows:
-            return
-        try:
-            self.execute(rows)
-        except Exception as exc:
-            if not is_row_error(exc):
-                raise
-            if len(rows) == 1:
-                self.failed.append((records[0], exc))
-                return
-            self.isolate(records, rows, done, exc)
-            return
-        done.extend(records)
-
-    def isolate(
-        self, records: list[Any], rows: list[dict[str, Any]], done: list[Any], exc: BaseException
-    ) -> None:
-        """Find the bad rows of a failed batch: by the error's hint, else by bisection.
-
-        Rows the error points at are tried one by one and the others go back as
-        one batch (which isolates again if it fails), so a bad row usually costs
-        one resend of its batch instead of about two with bisection.
-        """
-        self.isolations += 1
-        error = getattr(exc, "orig", None) or exc
-        line = copy_line(error, rows)
-        if line is not None:
-            # The server named the row: it is not tried again. The rows before it
-            # passed the checks made row by row, so they go back as one batch and
-            # the rest as another: a batch with several bad rows is not re-sent
-            # whole for each of them.
-            self.failed.append((records[line], exc))
-            self.insert(records[:line], rows[:line], done)
-            self.insert(records[line + 1 :], rows[line + 1 :], done)
-            return
-        hint = suspects(error, rows)
-        if not hint:
-            self.split(records, rows, done)
-            return
-        chosen = set(hint)
-        rest = [i for i in range(len(rows)) if i not in chosen]
-        for i in hint:
-            self.insert([records[i]], [rows[i]], done)
-        self.insert([records[i] for i in rest], [rows[i] for i in rest], done)
-
-    def split(self, records: list[Any], rows: list[dict[str, Any]], done: list[Any]) -> None:
-        """Insert the two halves of a failed batch, each in its own savepoint."""
-        mid = len(rows) // 2
-        self.insert(records[:mid], rows[:mid], done)
-        self.insert(records[mid:], rows[mid:], done)
 
 
 def safe_bulk_insert(
@@ -255,7 +136,8 @@ def safe_bulk_insert(
             (their loaded column attributes are inserted; they are not added
             to the session).
         batch_size: The largest batch (``>= 1``); default 200 rows per INSERT,
-            1 000 per COPY.
+            10 000 per COPY (COPY batches start at 250 rows and double while
+            no row is bad).
         on_conflict: ``"skip"``: rows that collide with an existing row on a
             unique key are skipped (``ON CONFLICT DO NOTHING``; PostgreSQL and
             SQLite). Such records count as done: they are in the first list,
@@ -288,7 +170,8 @@ def safe_bulk_insert(
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
-       ``commit_every`` and ``method``; batches run as COPY or Core INSERTs
+       ``commit_every`` and ``method``; batches run as COPY (each sent while
+       the previous one loads, growing while no row is bad) or Core INSERTs
        where that inserts exactly what the ORM's INSERT would.
     """
     mapper = sa_inspect(model_class, raiseerr=False)
@@ -305,7 +188,7 @@ def safe_bulk_insert(
         p._bad(f"commit must be a bool, got {commit!r}", kind=True)
     p.raise_if_any()
     mapper = cast("Mapper[Any]", mapper)
-    run = _Run(db, mapper, on_conflict, method)
+    run = BulkRun(db, mapper, on_conflict, method)
     if size is None:
         size = DEFAULT_BATCH_SIZE if run.copy is None else DEFAULT_COPY_BATCH_SIZE
     check_savepoints(db.connection(bind_arguments={"mapper": mapper}))
@@ -313,6 +196,8 @@ def safe_bulk_insert(
     try:
         load.feed(records, size)
     except BaseException as exc:
+        if run.wire is not None:
+            run.wire.discard()  # a batch still in flight: read its outcome first
         if commit:
             _note(exc, f"safe_bulk_insert: {len(load.inserted)} records were committed before this")
             try:
@@ -324,11 +209,26 @@ def safe_bulk_insert(
 
 
 class _Load:
-    """Batches the records, commits every ``commit_every`` rows, keeps input order."""
+    """Batches the records, commits every ``commit_every`` rows, keeps input order.
 
-    __slots__ = ("bad_share", "commit", "commit_every", "inserted", "pending", "run", "sent")
+    A COPY batch is sent without waiting for its outcome: the next batch is
+    gathered and formatted while the server loads it, and only then is the
+    outcome read (:meth:`settle`), bad rows isolated and a commit made if due.
+    """
 
-    def __init__(self, run: _Run, *, commit: bool, commit_every: int) -> None:
+    __slots__ = (
+        "bad_share",
+        "commit",
+        "commit_every",
+        "in_flight",
+        "inserted",
+        "pending",
+        "ramp",
+        "run",
+        "sent",
+    )
+
+    def __init__(self, run: BulkRun, *, commit: bool, commit_every: int) -> None:
         self.run = run
         self.commit = commit
         self.commit_every = commit_every
@@ -336,6 +236,8 @@ class _Load:
         self.pending: list[Any] = []  # landed in the open transaction, not committed yet
         self.sent = 0  # rows sent since the last commit
         self.bad_share = 0.0  # recent share of bad rows (moving average)
+        self.ramp = _COPY_FIRST_BATCH  # the next COPY batch while no row has been bad
+        self.in_flight: tuple[list[Any], list[dict[str, Any]]] | None = None
 
     def feed(self, records: Iterable[Any], size: int) -> None:
         """Turn records into rows, batch them, and insert every batch."""
@@ -344,6 +246,8 @@ class _Load:
         good: list[Any] = []
         rows: list[dict[str, Any]] = []
         first: Any = None
+        uniform = True  # every row of the current batch names the same keys
+        target = self.size(size)  # changes only when a batch is inserted
         for record in records:
             row = as_row(run.mapper, keys, record)
             if isinstance(row, str):
@@ -351,41 +255,91 @@ class _Load:
                 continue
             if not rows:
                 first = row.keys()
-                run.uniform = True
-            elif run.uniform and row.keys() != first:
-                run.uniform = False
+                uniform = True
+            elif uniform and row.keys() != first:
+                uniform = False
             good.append(record)
             rows.append(row)
-            if len(rows) >= self.size(size):
-                self.batch(good, rows)
+            if len(rows) >= target:
+                self.batch(good, rows, uniform=uniform)
                 good, rows = [], []
+                target = self.size(size)
         if rows:
-            self.batch(good, rows)
+            self.batch(good, rows, uniform=uniform)
+        self.settle()
         if self.commit and self.sent:
             self.flush()
 
     def size(self, limit: int) -> int:
-        """Rows for the next batch: ``limit``, smaller while many rows are bad.
+        """Rows for the next batch: at most ``limit``, smaller while rows are bad.
 
         A bad row costs about one re-send of its batch, a batch costs a fixed
         overhead worth about ``_OVERHEAD_ROWS`` rows; the batch size that
         minimises both is ``sqrt(overhead / bad_share)``: for INSERT (overhead
-        about 400 rows) 200 rows at 1 % bad, 63 at 10 %; for COPY (1000) 316 at 1 %.
+        about 400 rows) 200 rows at 1 % bad, 63 at 10 %; for COPY (100) 316 at
+        0.1 %, 100 at 1 %, 32 at 10 %. Until a bad row is seen, INSERT batches
+        have ``limit`` rows and COPY batches start at 250 rows and double.
         """
-        if self.bad_share <= 0:
-            return limit
-        overhead = _OVERHEAD_ROWS if self.run.copy is None else _COPY_OVERHEAD_ROWS
+        if self.run.copy is None:
+            if self.bad_share <= 0:
+                return limit
+            overhead = _OVERHEAD_ROWS
+        else:
+            if self.bad_share <= 0:
+                return min(limit, self.ramp)
+            overhead = COPY_STATEMENT_ROWS
         return max(_MIN_BATCH, min(limit, round(math.sqrt(overhead / self.bad_share))))
 
-    def batch(self, records: list[Any], rows: list[dict[str, Any]]) -> None:
-        """Insert one batch and commit when enough rows are pending."""
+    def batch(self, records: list[Any], rows: list[dict[str, Any]], *, uniform: bool) -> None:
+        """Insert one batch: send a COPY and return, or INSERT and account for it."""
+        run = self.run
+        plan = run.copy_plan(rows, uniform=uniform)
+        if plan is None:
+            self.settle()
+            done: list[Any] = []
+            failed_before, isolations_before = len(run.failed), run.isolations
+            run.insert(records, rows, done, uniform=uniform)
+            self.account(records, rows, done, failed_before, isolations_before)
+            return
+        wire = cast("CopyWire", run.wire)
+        sql, keys = plan
+        data = wire.format(run.connection(), keys, rows)  # while the server loads the last batch
+        self.settle()
+        wire.send(run.connection(), sql, data)
+        self.in_flight = (records, rows)
+
+    def settle(self) -> None:
+        """Read the outcome of the COPY in flight, isolate its bad rows, account for it."""
+        if self.in_flight is None:
+            return
+        records, rows = self.in_flight
+        self.in_flight = None
         run = self.run
         done: list[Any] = []
-        isolations_before = run.isolations
-        failed_before = len(run.failed)
-        run.insert(records, rows, done)
+        failed_before, isolations_before = len(run.failed), run.isolations
+        try:
+            cast("CopyWire", run.wire).finish()
+        except Exception as exc:  # recover() re-raises what is not the rows' fault
+            run.recover(records, rows, done, exc, uniform=True)
+        else:
+            done = records
+        self.account(records, rows, done, failed_before, isolations_before)
+
+    def account(
+        self,
+        records: list[Any],
+        rows: list[dict[str, Any]],
+        done: list[Any],
+        failed_before: int,
+        isolations_before: int,
+    ) -> None:
+        """Record a finished batch, adapt the batch size, commit when enough rows are pending."""
+        run = self.run
         share = (len(run.failed) - failed_before) / len(rows)
         self.bad_share = 0.7 * self.bad_share + 0.3 * share
+        run.bad_share = self.bad_share
+        if self.bad_share <= 0:
+            self.ramp = max(self.ramp, 2 * len(rows))
         if run.isolations != isolations_before and len(done) > 1:
             # Isolation may have landed rows out of order: report them in input order.
             position = {id(record): i for i, record in enumerate(records)}
