@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +35,8 @@ from sqlalchemy.pool import Pool, QueuePool
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
 from recoverly.db._pool_counts import PoolCounts
+from recoverly.db._pool_limits import capacity as _pool_capacity
+from recoverly.db._pool_limits import overflow_limit
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -171,6 +174,7 @@ class ConnectionPoolMonitor:
         "_out",
         "_pool",
         "_untracked",
+        "_watchers",
         "counts",
         "leak_timeout",
         "name",
@@ -209,6 +213,7 @@ class ConnectionPoolMonitor:
         self._untracked = pool.checkedout() if isinstance(pool, QueuePool) else 0
         self._above = False
         self._closed = False
+        self._watchers: tuple[Callable[[str], None], ...] = ()
         self._listeners = (
             ("checkout", self._on_checkout),
             ("checkin", self._on_checkin),
@@ -219,8 +224,28 @@ class ConnectionPoolMonitor:
         for identifier, fn in self._listeners:
             event.listen(pool, identifier, fn)
         self.counts = PoolCounts(self.name, clock)
+        self.counts.notify = self._notify
         self.counts.time_checkouts(pool)
         self._crossed()
+
+    # ------------------------------------------------------------ watchers
+    def _watch(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(kind)`` at each checkout, checkin and start or end of a checkout attempt.
+
+        ``kind`` is ``"checkout"`` (the caller is still counted in
+        ``counts.pending``), ``"checkin"`` (the pool still counts the returning
+        connection as checked out) or ``"attempt"``.
+        """
+        with self._lock:
+            self._watchers = (*self._watchers, fn)
+
+    def _unwatch(self, fn: Callable[[str], None]) -> None:
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w is not fn)
+
+    def _notify(self, kind: str) -> None:
+        for fn in self._watchers:
+            fn(kind)
 
     # ------------------------------------------------------------ pool events
     def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
@@ -234,6 +259,7 @@ class ConnectionPoolMonitor:
         with self._lock:
             self._out[id(record)] = seen
         self._crossed()
+        self._notify("checkout")
 
     def _on_checkin(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         with self._lock:
@@ -241,6 +267,7 @@ class ConnectionPoolMonitor:
                 self._untracked -= 1
         # The pool counts this connection as out until the event returns.
         self._crossed(returning=1)
+        self._notify("checkin")
 
     def _on_invalidate(
         self, _dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
@@ -256,10 +283,7 @@ class ConnectionPoolMonitor:
 
     # ------------------------------------------------------------ threshold
     def _capacity(self) -> int | None:
-        pool = self._current_pool()
-        if not isinstance(pool, QueuePool) or pool.size() == 0 or pool._max_overflow < 0:
-            return None
-        return pool.size() + pool._max_overflow
+        return _pool_capacity(self._current_pool())
 
     def _checked_out(self) -> int:
         pool = self._current_pool()
@@ -277,7 +301,8 @@ class ConnectionPoolMonitor:
         if not isinstance(pool, QueuePool):  # pragma: no cover - capacity says it is
             return
         with self._lock:  # decide and flip together, so crossings alternate
-            out = max(pool.checkedout() - returning, 0)
+            # Connections a PoolAutoscaler holds for an instant to wake waiters do not count.
+            out = max(pool.checkedout() - returning - self.counts.held, 0)
             above = out / capacity >= self.warn_threshold
             changed, self._above = above != self._above, above
         if not changed:
@@ -395,7 +420,7 @@ class ConnectionPoolMonitor:
         info.update(dict.fromkeys(_QUEUE_ONLY), checked_out=self._checked_out())
         note = None
         if isinstance(pool, QueuePool):
-            max_overflow = pool._max_overflow
+            max_overflow = overflow_limit(pool)
             capacity = self._capacity()
             info.update(
                 size=pool.size(),

@@ -1,0 +1,545 @@
+"""PoolAutoscaler: a connection pool's limit that follows the load.
+
+::
+
+    engine = create_engine(url, pool_size=5, max_overflow=0, pool_timeout=10)
+    scaler = PoolAutoscaler(engine, min_size=5, max_size=30)
+    scaler.status()   # the monitor's figures plus min_size, max_size, spell, resizes...
+    scaler.close()    # stop; the pool keeps the capacity it has
+
+The capacity (``pool_size + max_overflow``: the most connections out at once)
+grows when checkouts keep the pool busy and shrinks back after a quiet spell.
+The rule is in :mod:`recoverly.db._autoscale_policy`; the one private
+SQLAlchemy attribute it writes is in :mod:`recoverly.db._pool_limits`.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from sqlalchemy.engine import Engine as SyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
+
+from recoverly._core.bus import BUS
+from recoverly._core.clock import Clock, resolve
+from recoverly._core.validate import Problems
+from recoverly.db._autoscale_policy import AutoscaleConfig, AutoscalePolicy, Decision
+from recoverly.db._pool_limits import capacity, check_resizable, set_capacity
+from recoverly.db._server_limit import server_connection_limit
+from recoverly.db.pool import ConnectionPoolMonitor, _pool_of
+from recoverly.events import PoolResized
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from typing_extensions import Self
+
+__all__ = ["PoolAutoscaler"]
+
+_log = logging.getLogger("recoverly")
+
+#: How long a hand-over waits for a waiting checkout to take its connection
+#: (polls of the pool, real time): 50 x 2 ms.
+_POLLS = 50
+_POLL = 0.002
+
+
+class PoolAutoscaler:
+    """Grow a QueuePool's capacity while it is busy, shrink it back when it is quiet.
+
+    The capacity is the most connections the pool may have out at once
+    (``pool_size + max_overflow``). Demand is the connections checked out plus
+    the checkouts in progress (waiting for a connection or opening one), and
+    ``utilization = demand / capacity``:
+
+    * at or above ``grow_at`` for ``grow_after`` seconds, the capacity grows to
+      fit the busiest moment of that spell at the utilisation midway between
+      the thresholds (by at least one connection), up to ``max_size``;
+    * at or below ``shrink_at`` for ``shrink_after`` seconds, it shrinks the
+      same way, never below ``min_size`` and never below the connections
+      checked out at that moment;
+    * after a change, the next one waits ``cooldown`` seconds.
+
+    Growing takes effect at the next checkout; checkouts already waiting are
+    handed a new connection each (by the autoscaler's thread) instead of
+    sitting out their ``pool_timeout``. Shrinking closes nothing in use:
+    SQLAlchemy closes a connection beyond ``pool_size`` when it is returned to
+    a pool that already holds ``pool_size`` idle ones, so ``pool_size`` is the
+    number kept open through quiet times and the floor of ``min_size``.
+
+    Decisions are made on the pool's own events (checkout, checkin, a checkout
+    starting) and by a daemon thread every ``interval`` seconds, which also
+    sees quiet spells with no events at all. Each resize emits a
+    :class:`~recoverly.events.PoolResized` event (logged at INFO). A
+    :class:`ConnectionPoolMonitor` (``monitor``, created when not given)
+    supplies the counts; :meth:`status` is its status plus the autoscaler's.
+
+    Args:
+        engine: An ``Engine``, ``AsyncEngine`` or their ``QueuePool`` /
+            ``AsyncAdaptedQueuePool``, with ``pool_size >= 1`` and
+            ``max_overflow >= 0``.
+        max_size: The most connections the pool may ever have out.
+        min_size: The least capacity (default: the pool's ``pool_size``);
+            at least ``pool_size``. At start the capacity is brought within
+            ``[min_size, max_size]``.
+        grow_at: Utilisation in ``(0, 1]`` that counts as busy.
+        shrink_at: Utilisation in ``[0, grow_at)`` that counts as idle.
+        grow_after: Seconds (or ``timedelta``) of busy before growing.
+        shrink_after: Seconds of idle before shrinking.
+        cooldown: Seconds after a resize before the next one.
+        interval: Seconds between the thread's checks; ``None``: no thread
+            (call :meth:`tick` yourself).
+        server_limit: ``None`` (do not look), ``"auto"`` (ask the server at
+            start, see :func:`server_connection_limit`; synchronous engines
+            only) or the number of connections the server allows.
+        server_headroom: Connections of ``server_limit`` left to others;
+            ``max_size`` is lowered (with a WARNING) to ``server_limit -
+            server_headroom`` when it is above.
+        monitor: A monitor of the same pool to use (default: a new one).
+        name: Name used in logs and events (default: the monitor's).
+        clock: Clock for the decisions (default: the process clock).
+
+    Raises:
+        TypeError: ``engine`` has no QueuePool, or an argument has the wrong type.
+        ValueError: A bound or threshold is out of range, or the pool has no
+            limit (``pool_size=0`` or ``max_overflow=-1``).
+        RuntimeError: The installed SQLAlchemy lacks the pool attribute the
+            autoscaler writes (see ``recoverly.db._pool_limits``).
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = (
+        "_async_engine",
+        "_clock",
+        "_closed",
+        "_engine",
+        "_last",
+        "_lock",
+        "_loop",
+        "_own_monitor",
+        "_policy",
+        "_resizes",
+        "_stop",
+        "_thread",
+        "_wake",
+        "config",
+        "interval",
+        "monitor",
+        "name",
+        "server_limit",
+    )
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine | Pool,
+        *,
+        max_size: int,
+        min_size: int | None = None,
+        grow_at: float = 0.9,
+        shrink_at: float = 0.4,
+        grow_after: float = 1.0,
+        shrink_after: float = 60.0,
+        cooldown: float = 5.0,
+        interval: float | None = 1.0,
+        server_limit: int | Literal["auto"] | None = None,
+        server_headroom: int = 10,
+        monitor: ConnectionPoolMonitor | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        p = Problems()
+        pool = _check_engine(p, engine)
+        max_size = p.int_at_least("max_size", max_size, 1)
+        min_size = p.optional_int_at_least("min_size", min_size, 1)
+        before = len(p.messages)
+        grow_at = p.fraction("grow_at", grow_at, low_open=True)
+        shrink_at = p.fraction("shrink_at", shrink_at)
+        if shrink_at >= grow_at and len(p.messages) == before:
+            p._bad(f"shrink_at must be < grow_at ({grow_at!r}), got {shrink_at!r}")
+        durations = {
+            key: p.duration(key, value)
+            for key, value in (
+                ("grow_after", grow_after),
+                ("shrink_after", shrink_after),
+                ("cooldown", cooldown),
+            )
+        }
+        self.interval = p.optional_duration("interval", interval, positive=True)
+        server_headroom = p.int_at_least("server_headroom", server_headroom, 0)
+        if not (server_limit is None or server_limit == "auto"):
+            server_limit = p.int_at_least("server_limit", server_limit, 1)
+        monitor = p.optional_instance("monitor", monitor, ConnectionPoolMonitor)
+        if monitor is not None and pool is not None and monitor._current_pool() is not pool:
+            p._bad("monitor must watch the same pool as engine", kind=True)
+        given_name = p.optional_name("name", name)
+        p.raise_if_any()
+        pool = cast("QueuePool", pool)
+        floor, max_size, self.server_limit = _bounds(
+            engine, pool, min_size, max_size, server_limit, server_headroom
+        )
+        self.config = AutoscaleConfig(floor, max_size, grow_at, shrink_at, **durations)
+        self._engine = engine
+        self._async_engine = engine if hasattr(engine, "sync_engine") else None
+        self._own_monitor = monitor is None
+        self.monitor = monitor or ConnectionPoolMonitor(engine, clock=clock)
+        self.name = given_name or self.monitor.name
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policy = AutoscalePolicy(self.config)
+        self._closed = False
+        self._resizes = 0
+        self._last: tuple[PoolResized, float] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start(pool)
+
+    def _start(self, pool: QueuePool) -> None:
+        now = resolve(self._clock).monotonic()
+        old = capacity(pool) or self.config.min_size
+        new = min(max(old, self.config.min_size), self.config.max_size)
+        if new != old:
+            set_capacity(pool, new)
+            self._resizes += 1
+            self._last = (PoolResized(self.name, old, new, "limits", pool.checkedout() / old), now)
+            self._emit(self._last[0])
+        self.monitor._watch(self._observe)
+        if self.interval is not None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"recoverly-pool-autoscaler-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    # ------------------------------------------------------------ decisions
+    def _pool(self) -> QueuePool | None:
+        pool = _pool_of(self._engine)
+        return pool if isinstance(pool, QueuePool) else None
+
+    def _observe(self, kind: str) -> None:
+        """Pool-event hook: never raises into the checkout or checkin."""
+        try:
+            self._decide(kind)
+        except Exception:  # pragma: no cover - a bug must not break a checkout
+            _log.exception("PoolAutoscaler %s: decision failed", self.name)
+
+    def _decide(self, kind: str) -> Decision | None:
+        pool = self._pool()
+        if pool is None:
+            return None
+        if kind == "attempt" and self._loop is None and isinstance(pool, AsyncAdaptedQueuePool):
+            self._loop = _running_loop()
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            cap = capacity(pool)
+            if self._closed or cap is None:
+                return None
+            # Connections the autoscaler holds while handing them to waiters are not demand.
+            out = pool.checkedout() - (kind == "checkin") - self.monitor.counts.held
+            pending = self.monitor.counts.pending - (kind == "checkout")
+            decision = self._policy.observe(now, cap, out, pending)
+            if decision is None:
+                return None
+            set_capacity(pool, decision.new)
+            self._resizes += 1
+            event = PoolResized(self.name, cap, decision.new, decision.reason, decision.utilization)
+            self._last = (event, now)
+        self._emit(event)
+        if decision.new > cap and pending > 0:
+            self._wake.set()  # hand the waiting checkouts their new connections
+        return decision
+
+    @staticmethod
+    def _emit(event: PoolResized) -> None:
+        if BUS.wants(PoolResized):
+            BUS.emit(event)
+
+    def tick(self) -> int | None:
+        """Check the pool now; return the new capacity if this check resized it.
+
+        The thread calls this every ``interval``; call it yourself with
+        ``interval=None`` (from any thread). Also hands new connections to
+        checkouts still waiting after a growth.
+        """
+        decision = self._decide("tick")
+        self._release_waiters()
+        return None if decision is None else decision.new
+
+    def _release_waiters(self) -> None:
+        """Give each waiting checkout a connection now that there is room for it.
+
+        A checkout already blocked on the pool's queue is not woken by a higher
+        limit; returning a fresh connection to the queue wakes one.
+        """
+        pool = self._pool()
+        if pool is None or self._closed:
+            return
+        if isinstance(pool, AsyncAdaptedQueuePool):
+            self._release_async_waiters(pool)
+            return
+        connect = self.monitor.counts.original_connect(pool)
+        try:
+            for _ in range(self.config.max_size):
+                if self.closed or not _waiters_to_serve(pool, self.monitor.counts.pending):
+                    return
+                self._hold(1)
+                try:
+                    # Back into the queue at once: that wakes one waiting checkout.
+                    connect().close()
+                finally:
+                    self._hold(-1)
+                # The queue holds only pool_size connections; a second one put
+                # before the waiter took the first could be closed as surplus.
+                for _ in range(_POLLS):
+                    if pool.checkedin() == 0:
+                        break
+                    self._stop.wait(_POLL)
+                else:
+                    return  # nobody took it: nobody is waiting any more
+        except Exception as exc:  # best effort: the waiters meet the same error themselves
+            _log.warning(
+                "PoolAutoscaler %s: could not open a connection for waiting checkouts: %s",
+                self.name,
+                exc,
+            )
+
+    def _release_async_waiters(self, pool: QueuePool) -> None:
+        loop, engine = self._loop, self._async_engine
+        if loop is None or engine is None or loop.is_closed():
+            return
+        if _waiters_to_serve(pool, self.monitor.counts.pending):
+            asyncio.run_coroutine_threadsafe(_handoff(engine, pool, self), loop)
+
+    def _hold(self, change: int) -> None:
+        """Count connections held by a hand-over (they are not demand)."""
+        counts = self.monitor.counts
+        with counts._lock:
+            counts.held += change
+
+    def _run(self) -> None:
+        interval = cast("float", self.interval)
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # pragma: no cover - keep checking after a failed pass
+                _log.exception("PoolAutoscaler %s: check failed", self.name)
+
+    # ------------------------------------------------------------ public
+    @property
+    def capacity(self) -> int | None:
+        """The pool's capacity now (``None`` once the engine's pool has no limit)."""
+        pool = self._pool()
+        return None if pool is None else capacity(pool)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
+
+    def status(self) -> dict[str, Any]:
+        """Return the monitor's :meth:`~ConnectionPoolMonitor.status` plus the autoscaler's keys.
+
+        Added keys: ``min_size``, ``max_size`` (after any lowering to the
+        server's limit), ``server_limit`` (``None`` when not read), ``spell``
+        (``"busy"``, ``"idle"`` or ``"steady"``) and ``spell_seconds`` (how
+        long so far), ``cooldown_left`` (seconds before a resize may happen),
+        ``resizes`` (how many so far) and ``last_resize`` (``None`` or a dict
+        with ``old``, ``new``, ``reason``, ``utilization`` and ``seconds_ago``).
+
+        Returns:
+            A new dict.
+        """
+        info = self.monitor.status()
+        now = resolve(self._clock).monotonic()
+        with self._lock:
+            spell, seconds = self._policy.spell(now)
+            changed = self._policy.last_change
+            left = 0.0 if changed is None else max(self.config.cooldown - (now - changed), 0.0)
+            last = self._last
+            info.update(
+                min_size=self.config.min_size,
+                max_size=self.config.max_size,
+                server_limit=self.server_limit,
+                spell=spell,
+                spell_seconds=seconds,
+                cooldown_left=left,
+                resizes=self._resizes,
+            )
+        info["last_resize"] = (
+            None
+            if last is None
+            else {
+                "old": last[0].old,
+                "new": last[0].new,
+                "reason": last[0].reason,
+                "utilization": last[0].utilization,
+                "seconds_ago": now - last[1],
+            }
+        )
+        return info
+
+    def close(self) -> None:
+        """Stop resizing and the thread; the pool keeps its current capacity. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.monitor._unwatch(self._observe)
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        if self._own_monitor:
+            self.monitor.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        now = resolve(self._clock).monotonic()
+        state = "closed" if self._closed else self._policy.spell(now)[0]
+        return (
+            f"<PoolAutoscaler {self.name!r} capacity={self.capacity} "
+            f"min_size={self.config.min_size} max_size={self.config.max_size} {state}>"
+        )
+
+
+def _check_engine(p: Problems, engine: object) -> Pool | None:
+    """Return the engine's pool, recording why it cannot be autoscaled."""
+    pool = _pool_of(engine)
+    if pool is None:
+        p._bad(
+            f"engine must be a SQLAlchemy Engine, AsyncEngine or Pool, got {engine!r}",
+            kind=True,
+        )
+        return None
+    problem = check_resizable(pool)
+    if problem is not None:
+        kind, text = problem
+        if kind is RuntimeError:
+            raise RuntimeError(text)
+        p._bad(f"engine: {text}", kind=kind is TypeError)
+    return pool
+
+
+def _bounds(
+    engine: object,
+    pool: QueuePool,
+    min_size: int | None,
+    max_size: int,
+    server_limit: int | str | None,
+    server_headroom: int,
+) -> tuple[int, int, int | None]:
+    """Return ``(min_size, max_size, server limit)`` checked against the pool and the server."""
+    p = Problems()
+    floor = pool.size() if min_size is None else min_size
+    if floor < pool.size():
+        p._bad(
+            f"min_size must be >= the pool's pool_size ({pool.size()}), got {floor}: "
+            "connections up to pool_size are kept open"
+        )
+    if floor > max_size:
+        p._bad(f"min_size must be <= max_size ({max_size}), got {floor}")
+    p.raise_if_any()
+    limit = _read_server_limit(engine, server_limit)
+    if limit is None:
+        return floor, max_size, None
+    usable = limit - server_headroom
+    if usable < floor:
+        msg = (
+            f"the server allows {limit} connections; less server_headroom "
+            f"{server_headroom} leaves {usable}, below min_size {floor}"
+        )
+        raise ValueError(msg)
+    if usable < max_size:
+        _log.warning(
+            "PoolAutoscaler: max_size %d lowered to %d (the server allows %d connections, "
+            "server_headroom %d)",
+            max_size,
+            usable,
+            limit,
+            server_headroom,
+        )
+    return floor, min(max_size, usable), limit
+
+
+def _read_server_limit(engine: object, server_limit: int | str | None) -> int | None:
+    if server_limit != "auto":
+        return cast("int | None", server_limit)
+    if not isinstance(engine, SyncEngine):
+        msg = (
+            'server_limit="auto" needs a synchronous Engine, got '
+            f"{type(engine).__name__}; read the limit with `server_connection_limit(conn)` "
+            "(or `await conn.run_sync(server_connection_limit)`) and pass the number"
+        )
+        raise TypeError(msg)
+    with engine.connect() as conn:
+        return server_connection_limit(conn)
+
+
+def _waiters_to_serve(pool: QueuePool, pending: int) -> int:
+    """How many new connections to hand out: waiting checkouts, up to the room left.
+
+    None while an idle connection is in the pool (a waiter takes that one).
+    """
+    limit = capacity(pool)
+    if pending <= 0 or limit is None or pool.checkedin() > 0:
+        return 0
+    return max(min(pending, limit - (pool.size() + pool.overflow())), 0)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _handoff(engine: Any, pool: QueuePool, scaler: PoolAutoscaler) -> None:
+    """The event-loop twin of :meth:`PoolAutoscaler._release_waiters`."""
+    try:
+        for _ in range(scaler.config.max_size):
+            if scaler.closed or not _waiters_to_serve(pool, scaler.monitor.counts.pending):
+                return
+            scaler._hold(1)
+            try:
+                async with engine.connect():
+                    pass
+            finally:
+                scaler._hold(-1)
+            for _ in range(_POLLS):
+                if pool.checkedin() == 0:
+                    break
+                await asyncio.sleep(_POLL)
+            else:
+                return
+    except Exception as exc:  # best effort: the waiters meet the same error themselves
+        _log.warning(
+            "PoolAutoscaler %s: could not open a connection for waiting checkouts: %s",
+            scaler.name,
+            exc,
+        )
+
+
+PoolAutoscaler.__module__ = "recoverly.db"
