@@ -64,7 +64,7 @@ class PoolCounts:
         self.pending = 0
         #: Connections a PoolAutoscaler holds for an instant to wake waiting checkouts.
         self.held = 0
-        #: Called (with ``"attempt"``) when a checkout starts and when it ends.
+        #: Called (with ``"attempt"``) when a checkout starts and when one fails.
         self.notify: Callable[[str], None] | None = None
         self.retries: Counter[str] = Counter()
         self.commits: Counter[str] = Counter()
@@ -92,10 +92,13 @@ class PoolCounts:
             now = resolve(clock).monotonic
             started = now()
             self._enter()
+            ok = False
             try:
-                return original()
+                conn = original()
+                ok = True
             finally:
-                self._waited(now() - started)
+                self._waited(now() - started, ok)
+            return conn
 
         pool.connect = connect  # type: ignore[method-assign]
         self._wrapped[id(pool)] = (pool, original)
@@ -112,14 +115,16 @@ class PoolCounts:
         if notify is not None:
             notify("attempt")
 
-    def _waited(self, seconds: float) -> None:
+    def _waited(self, seconds: float, ok: bool) -> None:
         with self._lock:
             self.pending -= 1
             self.wait_count += 1
             self.wait_total += seconds
             self.wait_max = max(self.wait_max, seconds)
         notify = self.notify
-        if notify is not None:
+        if notify is not None and not ok:
+            # A success changed nothing: the checkout event already moved the
+            # caller from pending to checked out. A failure took one away.
             notify("attempt")
 
     # ---------------------------------------------------------------- event side

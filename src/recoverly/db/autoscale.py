@@ -243,8 +243,9 @@ class PoolAutoscaler:
             if self._closed or cap is None:
                 return None
             # Connections the autoscaler holds while handing them to waiters are not demand.
-            out = pool.checkedout() - (kind == "checkin") - self.monitor.counts.held
-            pending = self.monitor.counts.pending - (kind == "checkout")
+            counts = self.monitor.counts
+            out = pool.checkedout() - (kind == "checkin") - counts.held
+            pending = counts.pending
             decision = self._policy.observe(now, cap, out, pending)
             if decision is None:
                 return None

@@ -230,11 +230,12 @@ class ConnectionPoolMonitor:
 
     # ------------------------------------------------------------ watchers
     def _watch(self, fn: Callable[[str], None]) -> None:
-        """Call ``fn(kind)`` at each checkout, checkin and start or end of a checkout attempt.
+        """Call ``fn(kind)`` whenever ``checked_out + pending`` changes.
 
-        ``kind`` is ``"checkout"`` (the caller is still counted in
-        ``counts.pending``), ``"checkin"`` (the pool still counts the returning
-        connection as checked out) or ``"attempt"``.
+        ``kind`` is ``"attempt"`` (a checkout started, or one failed) or
+        ``"checkin"`` (while the pool still counts the returning connection as
+        checked out). A successful checkout changes nothing: the caller moves
+        from pending to checked out.
         """
         with self._lock:
             self._watchers = (*self._watchers, fn)
@@ -259,7 +260,6 @@ class ConnectionPoolMonitor:
         with self._lock:
             self._out[id(record)] = seen
         self._crossed()
-        self._notify("checkout")
 
     def _on_checkin(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         with self._lock:
