@@ -37,6 +37,8 @@ default ``recoverly`` namespace):
 - ``recoverly_checkpoint_saves_total{name, outcome}`` and
   ``recoverly_checkpoint_save_duration_seconds{name}`` (``CheckpointSaved``,
   ``CheckpointSaveFailed``)
+- ``recoverly_pool_resizes_total{name, direction, reason}``: capacity changes
+  of a :class:`recoverly.db.PoolAutoscaler` (``PoolResized``)
 - ``recoverly_events_total{event, name}``: every event, by class name, including
   classes this module does not know
 - ``recoverly_label_overflow_total{label}`` and ``recoverly_exporter_errors_total``
