@@ -64,7 +64,7 @@ class PoolCounts:
         self.pending = 0
         #: Connections a PoolAutoscaler holds for an instant to wake waiting checkouts.
         self.held = 0
-        #: Called (with ``"attempt"``) when a checkout starts and when one fails.
+        #: Called with ``"start"`` when a checkout starts, ``"failed"`` when one fails.
         self.notify: Callable[[str], None] | None = None
         self.retries: Counter[str] = Counter()
         self.commits: Counter[str] = Counter()
@@ -113,7 +113,7 @@ class PoolCounts:
             self.pending += 1
         notify = self.notify
         if notify is not None:
-            notify("attempt")
+            notify("start")
 
     def _waited(self, seconds: float, ok: bool) -> None:
         with self._lock:
@@ -125,7 +125,7 @@ class PoolCounts:
         if notify is not None and not ok:
             # A success changed nothing: the checkout event already moved the
             # caller from pending to checked out. A failure took one away.
-            notify("attempt")
+            notify("failed")
 
     # ---------------------------------------------------------------- event side
     def _on_event(self, event: Any) -> None:

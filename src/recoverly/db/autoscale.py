@@ -121,6 +121,7 @@ class PoolAutoscaler:
         "_clock",
         "_closed",
         "_engine",
+        "_handover",
         "_last",
         "_lock",
         "_loop",
@@ -196,6 +197,7 @@ class PoolAutoscaler:
         self._policy = AutoscalePolicy(self.config)
         self._closed = False
         self._resizes = 0
+        self._handover = False
         self._last: tuple[PoolResized, float] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -235,7 +237,7 @@ class PoolAutoscaler:
         pool = self._pool()
         if pool is None:
             return None
-        if kind == "attempt" and self._loop is None and isinstance(pool, AsyncAdaptedQueuePool):
+        if kind == "start" and self._loop is None and isinstance(pool, AsyncAdaptedQueuePool):
             self._loop = _running_loop()
         now = resolve(self._clock).monotonic()
         with self._lock:
@@ -253,9 +255,13 @@ class PoolAutoscaler:
             self._resizes += 1
             event = PoolResized(self.name, cap, decision.new, decision.reason, decision.utilization)
             self._last = (event, now)
+            # Checkouts blocked on the queue are not woken by the higher limit (the
+            # one starting now is not blocked: it opens a connection next).
+            waiting = pending - (kind == "start")
+            self._handover = self._handover or (decision.new > cap and waiting > 0)
         self._emit(event)
-        if decision.new > cap and pending > 0:
-            self._wake.set()  # hand the waiting checkouts their new connections
+        if self._handover:
+            self._wake.set()
         return decision
 
     @staticmethod
@@ -271,14 +277,17 @@ class PoolAutoscaler:
         checkouts still waiting after a growth.
         """
         decision = self._decide("tick")
-        self._release_waiters()
+        with self._lock:
+            handover, self._handover = self._handover, False
+        if handover:
+            self._release_waiters()
         return None if decision is None else decision.new
 
     def _release_waiters(self) -> None:
-        """Give each waiting checkout a connection now that there is room for it.
+        """After a growth, give each checkout blocked on the queue a new connection.
 
-        A checkout already blocked on the pool's queue is not woken by a higher
-        limit; returning a fresh connection to the queue wakes one.
+        A higher limit does not wake them; returning a fresh connection to the
+        queue wakes one. Stops when nobody takes one: nobody is waiting then.
         """
         pool = self._pool()
         if pool is None or self._closed:

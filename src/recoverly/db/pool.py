@@ -232,10 +232,11 @@ class ConnectionPoolMonitor:
     def _watch(self, fn: Callable[[str], None]) -> None:
         """Call ``fn(kind)`` whenever ``checked_out + pending`` changes.
 
-        ``kind`` is ``"attempt"`` (a checkout started, or one failed) or
-        ``"checkin"`` (while the pool still counts the returning connection as
-        checked out). A successful checkout changes nothing: the caller moves
-        from pending to checked out.
+        ``kind`` is ``"start"`` (a checkout started: it is counted in
+        ``counts.pending``), ``"failed"`` (one failed and is no longer counted)
+        or ``"checkin"`` (while the pool still counts the returning connection
+        as checked out). A successful checkout changes nothing: the caller
+        moves from pending to checked out.
         """
         with self._lock:
             self._watchers = (*self._watchers, fn)
