@@ -420,6 +420,7 @@ def test_bad_arguments_are_reported_together(sqlite_url):
             grow_after=-1,
             cooldown=float("nan"),
             interval=0,
+            server_limit=0,
             server_headroom=-1,
         )
     text_ = str(info.value)
@@ -430,6 +431,7 @@ def test_bad_arguments_are_reported_together(sqlite_url):
         "grow_after must be a finite number of seconds >= 0, got -1",
         "cooldown must be a finite number of seconds >= 0, got nan",
         "interval must be a finite number of seconds > 0, got 0",
+        "server_limit must be an integer >= 1, got 0",
         "server_headroom must be an integer >= 0, got -1",
     ):
         assert part in text_
@@ -439,7 +441,7 @@ def test_bad_arguments_are_reported_together(sqlite_url):
         PoolAutoscaler(engine, min_size=1, max_size=4)
     with pytest.raises(ValueError, match=r"min_size must be <= max_size \(3\), got 4"):
         PoolAutoscaler(engine, min_size=4, max_size=3)
-    with pytest.raises(TypeError, match="server_limit must be an integer >= 1, got 'all'"):
+    with pytest.raises(TypeError, match="server_limit must be None, 'auto' or an integer >= 1"):
         PoolAutoscaler(engine, max_size=4, server_limit="all")  # type: ignore[arg-type]
     engine.dispose()
 

@@ -175,8 +175,14 @@ class PoolAutoscaler:
         }
         self.interval = p.optional_duration("interval", interval, positive=True)
         server_headroom = p.int_at_least("server_headroom", server_headroom, 0)
-        if not (server_limit is None or server_limit == "auto"):
-            server_limit = p.int_at_least("server_limit", server_limit, 1)
+        given_limit: object = server_limit  # checked at run time, whatever the annotation
+        if isinstance(given_limit, str) and given_limit != "auto":
+            p._bad(
+                f"server_limit must be None, 'auto' or an integer >= 1, got {given_limit!r}",
+                kind=True,
+            )
+        elif given_limit is not None and given_limit != "auto":
+            server_limit = p.int_at_least("server_limit", given_limit, 1)
         monitor = p.optional_instance("monitor", monitor, ConnectionPoolMonitor)
         if monitor is not None and pool is not None and monitor._current_pool() is not pool:
             p._bad("monitor must watch the same pool as engine", kind=True)
@@ -237,8 +243,10 @@ class PoolAutoscaler:
         pool = self._pool()
         if pool is None:
             return None
-        if kind == "start" and self._loop is None and isinstance(pool, AsyncAdaptedQueuePool):
-            self._loop = _running_loop()
+        if kind == "start" and isinstance(pool, AsyncAdaptedQueuePool):
+            loop = self._loop
+            if loop is None or loop.is_closed():  # learn (or relearn) the engine's loop
+                self._loop = _running_loop()
         now = resolve(self._clock).monotonic()
         with self._lock:
             cap = capacity(pool)
