@@ -22,15 +22,21 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sqlalchemy.engine import Engine as SyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from recoverly._core.bus import BUS
 from recoverly._core.clock import Clock, resolve
 from recoverly._core.validate import Problems
 from recoverly.db._autoscale_policy import AutoscaleConfig, AutoscalePolicy, Decision
-from recoverly.db._pool_limits import capacity, check_resizable, set_capacity
-from recoverly.db._server_limit import server_connection_limit
+from recoverly.db._autoscale_support import (
+    ahand_over,
+    bounds,
+    check_engine,
+    hand_over,
+    running_loop,
+    waiters_to_serve,
+)
+from recoverly.db._pool_limits import capacity, set_capacity
 from recoverly.db.pool import ConnectionPoolMonitor, _pool_of
 from recoverly.events import PoolResized
 
@@ -44,11 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["PoolAutoscaler"]
 
 _log = logging.getLogger("recoverly")
-
-#: How long a hand-over waits for a waiting checkout to take its connection
-#: (polls of the pool, real time): 50 x 2 ms.
-_POLLS = 50
-_POLL = 0.002
 
 
 class PoolAutoscaler:
@@ -157,7 +158,7 @@ class PoolAutoscaler:
         clock: Clock | None = None,
     ) -> None:
         p = Problems()
-        pool = _check_engine(p, engine)
+        pool = check_engine(p, engine)
         max_size = p.int_at_least("max_size", max_size, 1)
         min_size = p.optional_int_at_least("min_size", min_size, 1)
         before = len(p.messages)
@@ -189,7 +190,7 @@ class PoolAutoscaler:
         given_name = p.optional_name("name", name)
         p.raise_if_any()
         pool = cast("QueuePool", pool)
-        floor, max_size, self.server_limit = _bounds(
+        floor, max_size, self.server_limit = bounds(
             engine, pool, min_size, max_size, server_limit, server_headroom
         )
         self.config = AutoscaleConfig(floor, max_size, grow_at, shrink_at, **durations)
@@ -246,7 +247,7 @@ class PoolAutoscaler:
         if kind == "start" and isinstance(pool, AsyncAdaptedQueuePool):
             loop = self._loop
             if loop is None or loop.is_closed():  # learn (or relearn) the engine's loop
-                self._loop = _running_loop()
+                self._loop = running_loop()
         now = resolve(self._clock).monotonic()
         with self._lock:
             cap = capacity(pool)
@@ -303,40 +304,16 @@ class PoolAutoscaler:
         if isinstance(pool, AsyncAdaptedQueuePool):
             self._release_async_waiters(pool)
             return
-        connect = self.monitor.counts.original_connect(pool)
-        try:
-            for _ in range(self.config.max_size):
-                if self.closed or not _waiters_to_serve(pool, self.monitor.counts.pending):
-                    return
-                self._hold(1)
-                try:
-                    # Back into the queue at once: that wakes one waiting checkout.
-                    connect().close()
-                finally:
-                    self._hold(-1)
-                # The queue holds only pool_size connections; a second one put
-                # before the waiter took the first could be closed as surplus.
-                for _ in range(_POLLS):
-                    if pool.checkedin() == 0:
-                        break
-                    self._stop.wait(_POLL)
-                else:
-                    return  # nobody took it: nobody is waiting any more
-        except Exception as exc:  # best effort: the waiters meet the same error themselves
-            _log.warning(
-                "PoolAutoscaler %s: could not open a connection for waiting checkouts: %s",
-                self.name,
-                exc,
-            )
+        hand_over(pool, self.monitor.counts.original_connect(pool), self)
 
     def _release_async_waiters(self, pool: QueuePool) -> None:
         loop, engine = self._loop, self._async_engine
         if loop is None or engine is None or loop.is_closed():
             return
-        if _waiters_to_serve(pool, self.monitor.counts.pending):
-            asyncio.run_coroutine_threadsafe(_handoff(engine, pool, self), loop)
+        if waiters_to_serve(pool, self.monitor.counts.pending):
+            asyncio.run_coroutine_threadsafe(ahand_over(engine, pool, self), loop)
 
-    def _hold(self, change: int) -> None:
+    def hold(self, change: int) -> None:
         """Count connections held by a hand-over (they are not demand)."""
         counts = self.monitor.counts
         with counts._lock:
@@ -440,123 +417,6 @@ class PoolAutoscaler:
         return (
             f"<PoolAutoscaler {self.name!r} capacity={self.capacity} "
             f"min_size={self.config.min_size} max_size={self.config.max_size} {state}>"
-        )
-
-
-def _check_engine(p: Problems, engine: object) -> Pool | None:
-    """Return the engine's pool, recording why it cannot be autoscaled."""
-    pool = _pool_of(engine)
-    if pool is None:
-        p._bad(
-            f"engine must be a SQLAlchemy Engine, AsyncEngine or Pool, got {engine!r}",
-            kind=True,
-        )
-        return None
-    problem = check_resizable(pool)
-    if problem is not None:
-        kind, text = problem
-        if kind is RuntimeError:
-            raise RuntimeError(text)
-        p._bad(f"engine: {text}", kind=kind is TypeError)
-    return pool
-
-
-def _bounds(
-    engine: object,
-    pool: QueuePool,
-    min_size: int | None,
-    max_size: int,
-    server_limit: int | str | None,
-    server_headroom: int,
-) -> tuple[int, int, int | None]:
-    """Return ``(min_size, max_size, server limit)`` checked against the pool and the server."""
-    p = Problems()
-    floor = pool.size() if min_size is None else min_size
-    if floor < pool.size():
-        p._bad(
-            f"min_size must be >= the pool's pool_size ({pool.size()}), got {floor}: "
-            "connections up to pool_size are kept open"
-        )
-    if floor > max_size:
-        p._bad(f"min_size must be <= max_size ({max_size}), got {floor}")
-    p.raise_if_any()
-    limit = _read_server_limit(engine, server_limit)
-    if limit is None:
-        return floor, max_size, None
-    usable = limit - server_headroom
-    if usable < floor:
-        msg = (
-            f"the server allows {limit} connections; less server_headroom "
-            f"{server_headroom} leaves {usable}, below min_size {floor}"
-        )
-        raise ValueError(msg)
-    if usable < max_size:
-        _log.warning(
-            "PoolAutoscaler: max_size %d lowered to %d (the server allows %d connections, "
-            "server_headroom %d)",
-            max_size,
-            usable,
-            limit,
-            server_headroom,
-        )
-    return floor, min(max_size, usable), limit
-
-
-def _read_server_limit(engine: object, server_limit: int | str | None) -> int | None:
-    if server_limit != "auto":
-        return cast("int | None", server_limit)
-    if not isinstance(engine, SyncEngine):
-        msg = (
-            'server_limit="auto" needs a synchronous Engine, got '
-            f"{type(engine).__name__}; read the limit with `server_connection_limit(conn)` "
-            "(or `await conn.run_sync(server_connection_limit)`) and pass the number"
-        )
-        raise TypeError(msg)
-    with engine.connect() as conn:
-        return server_connection_limit(conn)
-
-
-def _waiters_to_serve(pool: QueuePool, pending: int) -> int:
-    """How many new connections to hand out: waiting checkouts, up to the room left.
-
-    None while an idle connection is in the pool (a waiter takes that one).
-    """
-    limit = capacity(pool)
-    if pending <= 0 or limit is None or pool.checkedin() > 0:
-        return 0
-    return max(min(pending, limit - (pool.size() + pool.overflow())), 0)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-async def _handoff(engine: Any, pool: QueuePool, scaler: PoolAutoscaler) -> None:
-    """The event-loop twin of :meth:`PoolAutoscaler._release_waiters`."""
-    try:
-        for _ in range(scaler.config.max_size):
-            if scaler.closed or not _waiters_to_serve(pool, scaler.monitor.counts.pending):
-                return
-            scaler._hold(1)
-            try:
-                async with engine.connect():
-                    pass
-            finally:
-                scaler._hold(-1)
-            for _ in range(_POLLS):
-                if pool.checkedin() == 0:
-                    break
-                await asyncio.sleep(_POLL)
-            else:
-                return
-    except Exception as exc:  # best effort: the waiters meet the same error themselves
-        _log.warning(
-            "PoolAutoscaler %s: could not open a connection for waiting checkouts: %s",
-            scaler.name,
-            exc,
         )
 
 
