@@ -49,6 +49,7 @@ bench-db: $(STAMP)
 	$(BIN)/python benchmarks/bench_db_bulk.py --write
 	$(BIN)/python benchmarks/bench_db_copy.py --write
 	$(BIN)/python benchmarks/bench_db_commit.py --write
+	$(BIN)/python benchmarks/bench_db_pool.py --write
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .coverage htmlcov

@@ -569,7 +569,7 @@ def _predictions(env: DocEnv) -> dict[str, Any]:
     return {"Prediction": Prediction}
 
 
-@standin("database/pool-monitor")
+@standin("database/pool-monitor", "database/pool-autoscale")
 def _pool_url(env: DocEnv) -> dict[str, Any]:
     url = f"sqlite:///{env.tmp_path / 'pool.sqlite3'}"
     env.extra["url"] = url

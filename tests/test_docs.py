@@ -127,6 +127,7 @@ _DB_NAMES = {
     "database/optimistic-locking": ("atomic_update",),
     "database/bulk-insert": ("safe_bulk_insert",),
     "database/pool-monitor": ("ConnectionPoolMonitor",),
+    "database/pool-autoscale": ("PoolAutoscaler",),
 }
 for _id, _names in _DB_NAMES.items():
     REQUIRES[_id] = (
@@ -950,6 +951,26 @@ def _(ns: dict[str, Any], env: DocEnv) -> None:
             conn.close()
     assert monitor.leaks() == []
     monitor.close()
+
+
+@check("database/pool-autoscale")
+def _(ns: dict[str, Any], env: DocEnv) -> None:
+    scaler, engine = ns["scaler"], ns["engine"]
+    env.cleanups += [engine.dispose, scaler.close]
+    assert (ns["status"]["capacity"], ns["status"]["spell"]) == (5, "steady")
+    conns = [engine.connect() for _ in range(5)]  # all 5 out: busy
+    env.clock.advance(1)  # grow_after
+    assert scaler.tick() == 8  # ceil(5 / 0.65)
+    assert sum("grown from 5 to 8 connections (busy; 100% used)" in m for m in env.messages()) == 1
+    conns += [engine.connect() for _ in range(3)]  # room for 3 more, no waiting
+    for conn in conns:
+        conn.close()
+    env.clock.advance(60)  # shrink_after
+    assert scaler.tick() == 5
+    assert [(e.old, e.new, e.reason) for e in env.of(ev.PoolResized)] == [
+        (5, 8, "busy"),
+        (8, 5, "idle"),
+    ]
 
 
 # ---------------------------------------------------------------- Celery (docs/celery.md)

@@ -47,6 +47,7 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "HedgeStarted",
+    "PoolResized",
     "RateLimitDelayed",
     "RetryGaveUp",
     "RetryScheduled",
@@ -265,6 +266,25 @@ class ConnectionInvalidated(Event):
     exception: BaseException | None
 
 
+@dataclass(frozen=True, slots=True)
+class PoolResized(Event):
+    """A ``PoolAutoscaler`` changed how many connections its pool may have out at once.
+
+    ``old`` and ``new`` are that capacity before and after. ``reason`` is
+    ``"busy"`` (utilisation stayed at or above ``grow_at``), ``"idle"`` (it
+    stayed at or below ``shrink_at``) or ``"limits"`` (brought within
+    ``min_size`` / ``max_size`` when the autoscaler started).
+    ``utilization`` is demand over the old capacity when it decided.
+
+    .. versionadded:: 0.2
+    """
+
+    old: int
+    new: int
+    reason: str
+    utilization: float
+
+
 # ---------------------------------------------------------------- subscription
 def subscribe(
     fn: Callable[[Any], object],
@@ -390,6 +410,16 @@ def log_event(event: Event) -> None:  # noqa: C901, PLR0912 - one flat dispatch 
             event.verdict,
             event.method,
         )
+    elif isinstance(event, PoolResized):
+        logger.info(
+            "Connection pool %s %s from %d to %d connections (%s; %.0f%% used)",
+            event.name,
+            "grown" if event.new > event.old else "shrunk",
+            event.old,
+            event.new,
+            event.reason,
+            100 * event.utilization,
+        )
     elif isinstance(event, RateLimitDelayed):
         logger.debug("%s: waiting %.3gs for %d token(s)", event.name, event.delay, event.tokens)
     elif isinstance(event, BulkheadWaited):
@@ -408,6 +438,7 @@ _LOGGED = (
     TransactionRolledBack,
     BatchItemFailed,
     CommitResolved,
+    PoolResized,
 )
 # CallRejected is left out on purpose: an outage rejects many calls, and the
 # rejection path must stay cheap. Subscribe to it explicitly to see them.

@@ -235,6 +235,18 @@ def test_unknown_event_types_get_a_generic_span_event_name(otel):
     assert otel.point("recoverly.checkpoint_save_duration", name="trainer") == (1, 0.5)
 
 
+def test_pool_resized_is_counted(otel):
+    """PoolResized becomes recoverly.pool_resizes with direction and reason."""
+    from recoverly._core.bus import BUS
+
+    BUS.emit(events.PoolResized("orders", 5, 12, "busy", 1.4))
+    BUS.emit(events.PoolResized("orders", 12, 5, "idle", 0.1))
+    BUS.emit(events.PoolResized("orders", 12, 5, "idle", 0.0))
+    assert otel.point("recoverly.pool_resizes", name="orders", direction="grow", reason="busy") == 1
+    shrinks = otel.point("recoverly.pool_resizes", name="orders", direction="shrink", reason="idle")
+    assert shrinks == 2
+
+
 def test_bad_caps_are_reported():
     """Caps below 1 are named in one ValueError."""
     with pytest.raises(ValueError, match="max_names") as info:

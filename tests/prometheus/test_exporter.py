@@ -520,3 +520,28 @@ def test_real_checkpoint_saves_are_exported(registry, tmp_path):
     saves = "recoverly_checkpoint_saves_total"
     assert value(registry, saves, name="trainer", outcome="saved") == 2
     assert value(registry, "recoverly_checkpoint_save_duration_seconds_count", name="trainer") == 2
+
+
+def test_pool_autoscaler_resizes_are_counted_by_direction_and_reason(registry, sqlite_url):
+    """A real PoolAutoscaler growing then shrinking a SQLite pool adds one sample each."""
+    sa = pytest.importorskip("sqlalchemy")
+    from recoverly.db import PoolAutoscaler
+    from recoverly.testing import ManualClock
+
+    engine = sa.create_engine(sqlite_url, pool_size=1, max_overflow=0)
+    clock = ManualClock()
+    scaler = PoolAutoscaler(
+        engine, max_size=4, grow_after=1, shrink_after=5, interval=None, name="orders", clock=clock
+    )
+    conn = engine.connect()
+    clock.advance(1)
+    assert scaler.tick() == 2
+    conn.close()
+    clock.advance(10)
+    assert scaler.tick() == 1
+    resizes = "recoverly_pool_resizes_total"
+    assert value(registry, resizes, name="orders", direction="grow", reason="busy") == 1
+    assert value(registry, resizes, name="orders", direction="shrink", reason="idle") == 1
+    assert value(registry, "recoverly_events_total", event="PoolResized", name="orders") == 2
+    scaler.close()
+    engine.dispose()

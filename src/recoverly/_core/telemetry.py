@@ -146,6 +146,12 @@ CHECKPOINT_DURATION = Metric(
     "Time to write a checkpoint.",
     WAIT_BUCKETS,
 )
+POOL_RESIZES = Metric(
+    "pool_resizes",
+    "counter",
+    ("name", "direction", "reason"),
+    "Connection pool capacity changes made by a PoolAutoscaler (grow, shrink).",
+)
 EVENTS = Metric("events", "counter", ("event", "name"), "Every recoverly event, by class.")
 
 #: Every family :func:`measure` can produce, in documentation order.
@@ -167,6 +173,7 @@ METRICS: tuple[Metric, ...] = (
     RATE_LIMIT_DELAY,
     CHECKPOINT_SAVES,
     CHECKPOINT_DURATION,
+    POOL_RESIZES,
     EVENTS,
 )
 
@@ -367,6 +374,15 @@ def _checkpoint_failed(event: object, name: str, lim: LabelLimiter) -> list[Samp
     return [(CHECKPOINT_SAVES, (name, "failed"), 1.0)]
 
 
+def _pool_resized(event: object, name: str, lim: LabelLimiter) -> list[Sample]:
+    old, new = _number(event, "old"), _number(event, "new")
+    if old is None or new is None:
+        return []
+    direction = "grow" if new > old else "shrink"
+    reason = lim("reason", _text(event, "reason", "unknown"))
+    return [(POOL_RESIZES, (name, direction, reason), 1.0)]
+
+
 Handler = Callable[[object, str, LabelLimiter], list[Sample]]
 
 #: Event class name -> what it adds besides ``events_total``. A subclass of a
@@ -388,6 +404,7 @@ HANDLERS: dict[str, Handler] = {
     "RateLimitDelayed": _rate_delayed,
     "CheckpointSaved": _checkpoint_saved,
     "CheckpointSaveFailed": _checkpoint_failed,
+    "PoolResized": _pool_resized,
 }
 
 

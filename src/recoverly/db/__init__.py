@@ -25,7 +25,9 @@ from recoverly.db._classify import FailureKind as FailureKind
 from recoverly.db._classify import Verdict as Verdict
 from recoverly.db._classify import classify as classify
 from recoverly.db._classify import is_retryable as is_retryable
+from recoverly.db._server_limit import server_connection_limit as server_connection_limit
 from recoverly.db.atomic import atomic_update as atomic_update
+from recoverly.db.autoscale import PoolAutoscaler as PoolAutoscaler
 from recoverly.db.bulk import safe_bulk_insert as safe_bulk_insert
 from recoverly.db.commits import install_commit_markers as install_commit_markers
 from recoverly.db.commits import prune_commit_markers as prune_commit_markers
@@ -47,6 +49,7 @@ __all__ = [
     "DbFailure",
     "FailureKind",
     "NestedTransactionError",
+    "PoolAutoscaler",
     "PoolLeak",
     "Savepoint",
     "Verdict",
@@ -61,5 +64,6 @@ __all__ = [
     "prune_commit_markers",
     "run_transaction",
     "safe_bulk_insert",
+    "server_connection_limit",
     "with_savepoint",
 ]

@@ -3,7 +3,9 @@
 * connections invalidated (lost, or thrown away after an error) while checked
   out, and while idle in the pool (pool ``invalidate`` / ``soft_invalidate``
   events; a :class:`~recoverly.events.ConnectionInvalidated` event each);
-* how long checkouts waited for a connection (the pool's ``connect`` is timed);
+* how long checkouts waited for a connection (the pool's ``connect`` is timed),
+  and how many are inside ``connect`` now (``pending``: waiting for a
+  connection or opening one);
 * database retries by verdict, and lost COMMITs resolved by verdict, taken from
   recoverly's event stream (``RetryScheduled`` whose error is a database error,
   ``CommitResolved``): these are counted for the whole process, since an event
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -36,9 +39,12 @@ class PoolCounts:
         "_lock",
         "_wrapped",
         "commits",
+        "held",
         "invalidated_idle",
         "invalidated_in_use",
         "name",
+        "notify",
+        "pending",
         "retries",
         "wait_count",
         "wait_max",
@@ -55,6 +61,11 @@ class PoolCounts:
         self.wait_count = 0
         self.wait_total = 0.0
         self.wait_max = 0.0
+        self.pending = 0
+        #: Connections a PoolAutoscaler holds for an instant to wake waiting checkouts.
+        self.held = 0
+        #: Called with ``"start"`` when a checkout starts, ``"failed"`` when one fails.
+        self.notify: Callable[[str], None] | None = None
         self.retries: Counter[str] = Counter()
         self.commits: Counter[str] = Counter()
         subscribe(self._on_event, (RetryScheduled, CommitResolved))
@@ -80,19 +91,41 @@ class PoolCounts:
         def connect() -> Any:
             now = resolve(clock).monotonic
             started = now()
+            self._enter()
+            ok = False
             try:
-                return original()
+                conn = original()
+                ok = True
             finally:
-                self._waited(now() - started)
+                self._waited(now() - started, ok)
+            return conn
 
         pool.connect = connect  # type: ignore[method-assign]
         self._wrapped[id(pool)] = (pool, original)
 
-    def _waited(self, seconds: float) -> None:
+    def original_connect(self, pool: Pool) -> Callable[[], Any]:
+        """Return ``pool``'s own ``connect`` (not timed, not counted as pending)."""
+        found = self._wrapped.get(id(pool))
+        return pool.connect if found is None else found[1]
+
+    def _enter(self) -> None:
         with self._lock:
+            self.pending += 1
+        notify = self.notify
+        if notify is not None:
+            notify("start")
+
+    def _waited(self, seconds: float, ok: bool) -> None:
+        with self._lock:
+            self.pending -= 1
             self.wait_count += 1
             self.wait_total += seconds
             self.wait_max = max(self.wait_max, seconds)
+        notify = self.notify
+        if notify is not None and not ok:
+            # A success changed nothing: the checkout event already moved the
+            # caller from pending to checked out. A failure took one away.
+            notify("failed")
 
     # ---------------------------------------------------------------- event side
     def _on_event(self, event: Any) -> None:
@@ -111,6 +144,7 @@ class PoolCounts:
             return {
                 "invalidated_in_use": self.invalidated_in_use,
                 "invalidated_idle": self.invalidated_idle,
+                "pending": self.pending,
                 "checkout_wait": {
                     "count": self.wait_count,
                     "total": self.wait_total,

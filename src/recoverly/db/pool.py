@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -35,6 +36,8 @@ from recoverly._core.clock import Clock, resolve
 from recoverly._core.registry import POOL_MONITOR, REGISTRY
 from recoverly._core.validate import Problems
 from recoverly.db._pool_counts import PoolCounts
+from recoverly.db._pool_limits import capacity as _pool_capacity
+from recoverly.db._pool_limits import overflow_limit
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -173,12 +176,14 @@ class ConnectionPoolMonitor:
         "_above",
         "_clock",
         "_closed",
+        "_crossing",
         "_engine",
         "_listeners",
         "_lock",
         "_out",
         "_pool",
         "_untracked",
+        "_watchers",
         "counts",
         "leak_timeout",
         "name",
@@ -212,11 +217,15 @@ class ConnectionPoolMonitor:
         self._pool = pool
         self._clock = clock
         self._lock = threading.Lock()
+        # Serialises a threshold crossing with its log line, so that warnings and
+        # recoveries reach the log in the order they were decided.
+        self._crossing = threading.Lock()
         self._out: dict[int, _Checkout] = {}
         # Connections already out when the monitor started (QueuePool only knows).
         self._untracked = pool.checkedout() if isinstance(pool, QueuePool) else 0
         self._above = False
         self._closed = False
+        self._watchers: tuple[Callable[[str], None], ...] = ()
         self._listeners = (
             ("checkout", self._on_checkout),
             ("checkin", self._on_checkin),
@@ -227,11 +236,33 @@ class ConnectionPoolMonitor:
         for identifier, fn in self._listeners:
             event.listen(pool, identifier, fn)
         self.counts = PoolCounts(self.name, clock)
+        self.counts.notify = self._notify
         self.counts.time_checkouts(pool)
         self._crossed()
         # Listed for exporters (recoverly.prometheus reads status() at scrape time);
         # the newest open monitor of a name is the one listed.
         REGISTRY.register(POOL_MONITOR, self.name, self)
+
+    # ------------------------------------------------------------ watchers
+    def _watch(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(kind)`` whenever ``checked_out + pending`` changes.
+
+        ``kind`` is ``"start"`` (a checkout started: it is counted in
+        ``counts.pending``), ``"failed"`` (one failed and is no longer counted)
+        or ``"checkin"`` (while the pool still counts the returning connection
+        as checked out). A successful checkout changes nothing: the caller
+        moves from pending to checked out.
+        """
+        with self._lock:
+            self._watchers = (*self._watchers, fn)
+
+    def _unwatch(self, fn: Callable[[str], None]) -> None:
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w is not fn)
+
+    def _notify(self, kind: str) -> None:
+        for fn in self._watchers:
+            fn(kind)
 
     # ------------------------------------------------------------ pool events
     def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
@@ -252,6 +283,7 @@ class ConnectionPoolMonitor:
                 self._untracked -= 1
         # The pool counts this connection as out until the event returns.
         self._crossed(returning=1)
+        self._notify("checkin")
 
     def _on_invalidate(
         self, _dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
@@ -267,10 +299,7 @@ class ConnectionPoolMonitor:
 
     # ------------------------------------------------------------ threshold
     def _capacity(self) -> int | None:
-        pool = self._current_pool()
-        if not isinstance(pool, QueuePool) or pool.size() == 0 or pool._max_overflow < 0:
-            return None
-        return pool.size() + pool._max_overflow
+        return _pool_capacity(self._current_pool())
 
     def _checked_out(self) -> int:
         pool = self._current_pool()
@@ -287,12 +316,16 @@ class ConnectionPoolMonitor:
         pool = self._current_pool()
         if not isinstance(pool, QueuePool):  # pragma: no cover - capacity says it is
             return
-        with self._lock:  # decide and flip together, so crossings alternate
-            out = max(pool.checkedout() - returning, 0)
-            above = out / capacity >= self.warn_threshold
-            changed, self._above = above != self._above, above
-        if not changed:
-            return
+        with self._crossing:  # decide, flip and log together: crossings alternate
+            with self._lock:
+                # Connections a PoolAutoscaler holds for an instant to wake waiters do not count.
+                out = max(pool.checkedout() - returning - self.counts.held, 0)
+                above = out / capacity >= self.warn_threshold
+                changed, self._above = above != self._above, above
+            if changed:
+                self._log_crossing(above=above, out=out, capacity=capacity)
+
+    def _log_crossing(self, *, above: bool, out: int, capacity: int) -> None:
         if above:
             _log.warning(
                 "Connection pool %s is %.0f%% used (%d of %d connections checked out; "
@@ -406,7 +439,7 @@ class ConnectionPoolMonitor:
         info.update(dict.fromkeys(_QUEUE_ONLY), checked_out=self._checked_out())
         note = None
         if isinstance(pool, QueuePool):
-            max_overflow = pool._max_overflow
+            max_overflow = overflow_limit(pool)
             capacity = self._capacity()
             info.update(
                 size=pool.size(),

@@ -39,6 +39,8 @@ default ``recoverly`` namespace):
   ``CheckpointSaveFailed``)
 - ``recoverly_commit_resolutions_total{name, verdict, method}``: lost COMMITs
   resolved by asking the database (``CommitResolved``)
+- ``recoverly_pool_resizes_total{name, direction, reason}``: capacity changes
+  of a :class:`recoverly.db.PoolAutoscaler` (``PoolResized``)
 - ``recoverly_events_total{event, name}``: every event, by class name, including
   classes this module does not know (``DeadLettered`` counts Celery dead letters)
 - ``recoverly_label_overflow_total{label}`` and ``recoverly_exporter_errors_total``
