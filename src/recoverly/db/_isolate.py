@@ -17,7 +17,7 @@ from sqlalchemy.sql.schema import Table
 
 from recoverly.db._bulk_support import is_row_error, quiet_pipeline, statement
 from recoverly.db._copy import CopyPlan, CopyWire
-from recoverly.db._suspects import copy_line, suspects
+from recoverly.db._suspects import copy_line, null_column, suspects
 
 __all__ = ["COPY_STATEMENT_ROWS", "BulkRun"]
 
@@ -49,6 +49,7 @@ class BulkRun:
         "isolations",
         "mapper",
         "orm",
+        "refuse_null",
         "wire",
     )
 
@@ -83,6 +84,9 @@ class BulkRun:
         self.failed: list[tuple[Any, BaseException]] = []
         self.isolations = 0
         self.bad_share = 0.0  # the load's recent share of bad rows
+        # Keys of the columns that refused a NULL in this load: a later row with
+        # None there goes on its own instead of failing its whole batch.
+        self.refuse_null: tuple[str, ...] = ()
 
     def connection(self) -> Connection:
         """The session's connection for the mapper (begins a transaction if none is open)."""
@@ -123,6 +127,34 @@ class BulkRun:
         else:
             with quiet_pipeline(), self.db.begin_nested():
                 self.db.execute(self.orm, rows, execution_options=_OPTIONS)
+
+    def insert_batch(
+        self, records: list[Any], rows: list[dict[str, Any]], done: list[Any], *, uniform: bool
+    ) -> int:
+        """Insert one batch; rows with None where the table refused NULL before go first, alone.
+
+        Such a row would almost certainly fail its batch again, and a failed
+        batch costs about one re-send of all its rows; alone it costs one short
+        statement (and still lands if a trigger fills the column in). Returns
+        how many of those rows failed.
+        """
+        columns = self.refuse_null
+        if not columns:
+            self.insert(records, rows, done, uniform=uniform)
+            return 0
+        aside = [i for i, row in enumerate(rows) if any(row.get(key, 0) is None for key in columns)]
+        if not aside:
+            self.insert(records, rows, done, uniform=uniform)
+            return 0
+        self.isolations += 1  # rows may land out of input order
+        failed_before = len(self.failed)
+        for i in aside:
+            self.insert([records[i]], [rows[i]], done, uniform=True)
+        failed = len(self.failed) - failed_before
+        chosen = set(aside)
+        rest = [i for i in range(len(rows)) if i not in chosen]
+        self.insert([records[i] for i in rest], [rows[i] for i in rest], done, uniform=uniform)
+        return failed
 
     def insert(
         self, records: list[Any], rows: list[dict[str, Any]], done: list[Any], *, uniform: bool
@@ -181,7 +213,11 @@ class BulkRun:
         if left is None:
             return
         records, rows, exc = left
-        hint = suspects(getattr(exc, "orig", None) or exc, rows)
+        error = getattr(exc, "orig", None) or exc
+        column = null_column(error)
+        if column is not None and column not in self.refuse_null:
+            self.refuse_null = (*self.refuse_null, column)
+        hint = suspects(error, rows)
         if not hint:
             self.split(records, rows, done, uniform=uniform)
             return

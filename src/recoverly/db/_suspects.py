@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["copy_line", "suspects"]
+__all__ = ["copy_line", "null_column", "suspects"]
 
 _KEY = re.compile(r"Key \((?P<cols>.+?)\)=\((?P<vals>.*)\) (?:already exists|is not present)")
 _QUOTED = re.compile(r'"(?P<val>[^"]*)"\s*$')
@@ -82,6 +82,20 @@ def copy_line(error: BaseException, rows: Sequence[dict[str, Any]]) -> int | Non
     line = _COPY_LINE.match(getattr(diag, "context", None) or "")
     if line and 0 < int(line["line"]) <= len(rows):
         return int(line["line"]) - 1
+    return None
+
+
+def null_column(error: BaseException) -> str | None:
+    """The column a NOT NULL violation names (PostgreSQL, MySQL/MariaDB, SQLite), if any."""
+    diag = getattr(error, "diag", None)
+    if getattr(error, "sqlstate", None) == "23502" and diag is not None:
+        column = getattr(diag, "column_name", None)
+        return column if isinstance(column, str) and column else None
+    text = str(error)
+    for pattern in _NOT_NULL_TEXT:
+        match = pattern.search(text)
+        if match:
+            return match["col"]
     return None
 
 

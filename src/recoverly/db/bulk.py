@@ -98,16 +98,18 @@ __all__ = [
 
 R = TypeVar("R")
 
-#: Rows per INSERT batch when ``batch_size`` is not given (see the module docs).
-DEFAULT_BATCH_SIZE = 200
+#: The largest INSERT batch when ``batch_size`` is not given. INSERT batches start
+#: at 200 rows and double while no row is bad (see the module docs).
+DEFAULT_BATCH_SIZE = 2000
 #: The largest COPY batch when ``batch_size`` is not given. COPY batches start at
 #: 250 rows and double while no row is bad: a long COPY costs less per row, but a
 #: bad row costs about half a batch of rows the server loaded and rolled back.
 DEFAULT_COPY_BATCH_SIZE = 10_000
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
-_OVERHEAD_ROWS = 400  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
+_OVERHEAD_ROWS = 100  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
 _COPY_FIRST_BATCH = 250  # the first COPY batch; later ones double while no row is bad
+_INSERT_FIRST_BATCH = 200  # the first INSERT batch; later ones double while no row is bad
 _MIN_BATCH = 8
 
 
@@ -236,7 +238,8 @@ class _Load:
         self.pending: list[Any] = []  # landed in the open transaction, not committed yet
         self.sent = 0  # rows sent since the last commit
         self.bad_share = 0.0  # recent share of bad rows (moving average)
-        self.ramp = _COPY_FIRST_BATCH  # the next COPY batch while no row has been bad
+        # The next batch while no row has been bad.
+        self.ramp = _INSERT_FIRST_BATCH if run.copy is None else _COPY_FIRST_BATCH
         self.in_flight: tuple[list[Any], list[dict[str, Any]]] | None = None
 
     def feed(self, records: Iterable[Any], size: int) -> None:
@@ -280,14 +283,9 @@ class _Load:
         0.1 %, 100 at 1 %, 32 at 10 %. Until a bad row is seen, INSERT batches
         have ``limit`` rows and COPY batches start at 250 rows and double.
         """
-        if self.run.copy is None:
-            if self.bad_share <= 0:
-                return limit
-            overhead = _OVERHEAD_ROWS
-        else:
-            if self.bad_share <= 0:
-                return min(limit, self.ramp)
-            overhead = COPY_STATEMENT_ROWS
+        if self.bad_share <= 0:
+            return min(limit, self.ramp)
+        overhead = _OVERHEAD_ROWS if self.run.copy is None else COPY_STATEMENT_ROWS
         return max(_MIN_BATCH, min(limit, round(math.sqrt(overhead / self.bad_share))))
 
     def batch(self, records: list[Any], rows: list[dict[str, Any]], *, uniform: bool) -> None:
@@ -298,8 +296,8 @@ class _Load:
             self.settle()
             done: list[Any] = []
             failed_before, isolations_before = len(run.failed), run.isolations
-            run.insert(records, rows, done, uniform=uniform)
-            self.account(records, rows, done, failed_before, isolations_before)
+            aside = run.insert_batch(records, rows, done, uniform=uniform)
+            self.account(records, rows, done, failed_before + aside, isolations_before)
             return
         wire = cast("CopyWire", run.wire)
         sql, keys = plan
