@@ -214,6 +214,23 @@ def test_commit_false_leaves_the_transaction_to_the_caller(pg):
     assert _codes(pg) == []
 
 
+def test_inside_the_callers_savepoint_bad_rows_leave_it_usable(engine):
+    """Batch savepoints nest inside the caller's own: rolling that back removes only the load."""
+    with Session(engine) as s:
+        s.add(Item(id=5000, code="before", qty=1))
+        s.flush()
+        outer = s.begin_nested()
+        records = _from_one(600, {3: {"qty": None}, 250: {"code": "c1"}, 251: {"qty": None}})
+        inserted, failed = safe_bulk_insert(s, Item, records, commit=False, method="insert")
+        assert sorted(r["id"] for r, _ in failed) == [3, 250, 251]
+        assert [r["id"] for r in inserted] == [i for i in range(1, 601) if i not in (3, 250, 251)]
+        assert s.scalar(select(sa.func.count()).select_from(Item)) == 598
+        outer.rollback()
+        s.add(Item(id=5001, code="after", qty=2))
+        s.commit()
+    assert _codes(engine) == ["after", "before"]
+
+
 def test_sqlite_without_the_savepoint_recipe_is_refused(sqlite_engine):
     """On plain pysqlite the call stops with the fix in the message before inserting anything."""
     Base.metadata.create_all(sqlite_engine)

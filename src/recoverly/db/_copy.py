@@ -39,7 +39,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.schema import Table
 
-__all__ = ["CopyPlan", "CopyWire"]
+__all__ = ["CopyPlan", "CopyWire", "translate"]
 
 _SAVEPOINT = "recoverly_copy"
 _PIECE = 128 * 1024  # the largest buffer handed to libpq at once (psycopg does the same)
@@ -215,18 +215,28 @@ class CopyWire:
 
     def _translate(self, conn: Connection, raw: Any, exc: Any) -> sa_exc.StatementError:
         """The SQLAlchemy exception an INSERT would have raised for ``exc`` (a psycopg error)."""
-        lost = self._dialect.is_disconnect(exc, raw, None)
-        error: sa_exc.StatementError = sa_exc.DBAPIError.instance(
-            self._sql,
-            None,
-            exc,
-            type(raw).Error,
-            connection_invalidated=lost,
-            dialect=self._dialect,
-        )
-        if lost and not conn.invalidated:
-            conn.invalidate(exc)
-        return error
+        return translate(self._dialect, conn, raw, self._sql, exc)
+
+
+def translate(
+    dialect: Dialect, conn: Connection, raw: Any, sql: str, exc: Any
+) -> sa_exc.StatementError:
+    """The SQLAlchemy exception for ``exc``, a psycopg error met outside SQLAlchemy's execute.
+
+    A lost connection is also invalidated, as SQLAlchemy would do.
+    """
+    lost = dialect.is_disconnect(exc, raw, None)
+    error: sa_exc.StatementError = sa_exc.DBAPIError.instance(
+        sql,
+        None,
+        exc,
+        type(raw).Error,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
+    if lost and not conn.invalidated:
+        conn.invalidate(exc)
+    return error
 
 
 def _status(name: str) -> Any:

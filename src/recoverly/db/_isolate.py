@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.schema import Table
 
+from recoverly.db import _pipelined
 from recoverly.db._bulk_support import is_row_error, quiet_pipeline, statement
 from recoverly.db._copy import CopyPlan, CopyWire
 from recoverly.db._suspects import copy_line, null_column, suspects
@@ -44,11 +45,13 @@ class BulkRun:
         "copy",
         "core",
         "db",
+        "dialect",
         "failed",
         "force_copy",
         "isolations",
         "mapper",
         "orm",
+        "pipelined",
         "refuse_null",
         "wire",
     )
@@ -66,11 +69,14 @@ class BulkRun:
             for prop in mapper.column_attrs
         )
         self.core = statement(db, mapper, on_conflict, orm=False) if plain else None
+        self.dialect = db.get_bind(mapper).dialect
+        # Core batches and their savepoints in one round trip (psycopg 3).
+        self.pipelined = self.core is not None and _pipelined.possible(self.dialect)
         self.copy: CopyPlan | None = None
         self.wire: CopyWire | None = None
         self.force_copy = method == "copy"
         if method != "insert":
-            dialect = db.get_bind(mapper).dialect
+            dialect = self.dialect
             usable = plain and on_conflict is None and CopyPlan.possible(dialect)
             if usable:
                 self.copy = CopyPlan(cast("Table", mapper.local_table), dialect)
@@ -122,6 +128,10 @@ class BulkRun:
             return
         if self.core is not None and (uniform or len(rows) == 1):
             conn = self.connection()
+            if self.pipelined:
+                with quiet_pipeline():
+                    _pipelined.insert_batch(self.dialect, conn, self.core, rows)
+                return
             with quiet_pipeline(), conn.begin_nested():
                 conn.execute(self.core, rows)
         else:

@@ -13,7 +13,9 @@ savepoint is sent in the same query as the COPY, and the next batch is gathered
 and formatted while the server loads the current one. Elsewhere, each batch is
 one bulk INSERT of the table (SQLAlchemy Core ``executemany``: psycopg 3
 pipelines it, other drivers use insertmanyvalues or their own batching) inside a
-savepoint, on the session's connection. Mappers over several tables (joined
+savepoint, on the session's connection. With psycopg 3 the savepoint and its
+release ride in the INSERT's pipeline: one round trip per batch instead of three
+(see :mod:`recoverly.db._pipelined`). Mappers over several tables (joined
 inheritance), or batches whose records do not all name the same attributes, go
 through the ORM's ``insert(Model)`` instead.
 
@@ -40,6 +42,11 @@ found in one of three ways:
 A hint is only a guess: every suspect row is tried on its own, so a wrong hint
 costs statements, never rows. Inserted records are reported in input order.
 
+*Before sending*, on the INSERT path: once a column has refused a NULL, later
+rows with ``None`` in it are sent on their own ahead of their batch instead of
+failing it (a row a trigger fills in still lands). Other bad rows (a unique
+key, a CHECK) cannot be seen in the row and still cost a failed batch.
+
 **Which errors are the rows' fault.** ``IntegrityError`` and ``DataError``,
 values the driver refused to send (a ``StatementError`` that is not a server
 error, or a ``ProgrammingError``/``InterfaceError`` without a server code).
@@ -61,13 +68,14 @@ The first commit also commits whatever the caller had pending on the session.
 With ``commit=False`` everything stays in the caller's transaction (still with
 savepoints).
 
-**Batch size.** ``batch_size`` is the largest batch (default 200 for INSERT,
-10 000 for COPY). A bad row costs about one re-send of its batch, a batch a
-fixed overhead (savepoint, statement), so while many rows turn out bad the
-batches shrink to about ``sqrt(400 / bad_share)`` rows for INSERT (63 at 10 %
-bad) and ``sqrt(100 / bad_share)`` for COPY (316 at 0.1 %, 32 at 10 %), and
-grow back as the share falls. COPY batches start at 250 rows and double while
-no row is bad: a long COPY costs the server less per row. See
+**Batch size.** ``batch_size`` is the largest batch (default 2 000 for INSERT,
+10 000 for COPY). Batches start small (200 rows for INSERT, 250 for COPY) and
+double while no row is bad: a longer statement costs less per row. A bad row
+costs about one re-send of its batch, a batch a fixed overhead (savepoint,
+statement), so once rows turn out bad the batches shrink to about
+``sqrt(50 / bad_share)`` rows for INSERT (224 at 0.1 %, 22 at 10 %; the share
+is averaged over about the last 2 000 rows) and ``sqrt(100 / bad_share)`` for
+COPY (316 at 0.1 %, 32 at 10 %), and grow back as the share falls. See
 ``benchmarks/bench_db_bulk.py`` and ``bench_db_copy.py``.
 
 .. versionadded:: 0.1
@@ -107,10 +115,11 @@ DEFAULT_BATCH_SIZE = 2000
 DEFAULT_COPY_BATCH_SIZE = 10_000
 #: Rows per committed transaction when ``commit_every`` is not given.
 DEFAULT_COMMIT_EVERY = 10_000
-_OVERHEAD_ROWS = 100  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
+_OVERHEAD_ROWS = 50  # a batch's fixed cost (savepoints, statement, sync) in rows' worth
 _COPY_FIRST_BATCH = 250  # the first COPY batch; later ones double while no row is bad
 _INSERT_FIRST_BATCH = 200  # the first INSERT batch; later ones double while no row is bad
 _MIN_BATCH = 8
+_SHARE_WINDOW = 2000  # rows over which the INSERT path's share of bad rows is averaged
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -137,9 +146,9 @@ def safe_bulk_insert(
         records: Dicts of attribute values, or instances of ``model_class``
             (their loaded column attributes are inserted; they are not added
             to the session).
-        batch_size: The largest batch (``>= 1``); default 200 rows per INSERT,
-            10 000 per COPY (COPY batches start at 250 rows and double while
-            no row is bad).
+        batch_size: The largest batch (``>= 1``); default 2 000 rows per
+            INSERT, 10 000 per COPY (batches start at 200 rows for INSERT and
+            250 for COPY and double while no row is bad).
         on_conflict: ``"skip"``: rows that collide with an existing row on a
             unique key are skipped (``ON CONFLICT DO NOTHING``; PostgreSQL and
             SQLite). Such records count as done: they are in the first list,
@@ -173,8 +182,11 @@ def safe_bulk_insert(
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        ``commit_every`` and ``method``; batches run as COPY (each sent while
-       the previous one loads, growing while no row is bad) or Core INSERTs
-       where that inserts exactly what the ORM's INSERT would.
+       the previous one loads) or Core INSERTs where that inserts exactly what
+       the ORM's INSERT would; batches grow while no row is bad (INSERT: from
+       200 up to 2 000 rows by default); on psycopg 3 an INSERT batch and its
+       savepoint go in one round trip; a column that refused a NULL has later
+       NULLs sent on their own.
     """
     mapper = sa_inspect(model_class, raiseerr=False)
     p = Problems()
@@ -279,9 +291,9 @@ class _Load:
         A bad row costs about one re-send of its batch, a batch costs a fixed
         overhead worth about ``_OVERHEAD_ROWS`` rows; the batch size that
         minimises both is ``sqrt(overhead / bad_share)``: for INSERT (overhead
-        about 400 rows) 200 rows at 1 % bad, 63 at 10 %; for COPY (100) 316 at
-        0.1 %, 100 at 1 %, 32 at 10 %. Until a bad row is seen, INSERT batches
-        have ``limit`` rows and COPY batches start at 250 rows and double.
+        about 50 rows) 224 rows at 0.1 % bad, 71 at 1 %, 22 at 10 %; for COPY
+        (100) 316 at 0.1 %, 100 at 1 %, 32 at 10 %. Until a bad row is seen,
+        batches start at 200 rows (INSERT) or 250 (COPY) and double.
         """
         if self.bad_share <= 0:
             return min(limit, self.ramp)
@@ -334,7 +346,12 @@ class _Load:
         """Record a finished batch, adapt the batch size, commit when enough rows are pending."""
         run = self.run
         share = (len(run.failed) - failed_before) / len(rows)
-        self.bad_share = 0.7 * self.bad_share + 0.3 * share
+        if run.copy is None:
+            # Weighed by rows: a batch of n rows counts like n single rows.
+            keep = math.exp(-len(rows) / _SHARE_WINDOW)
+            self.bad_share = keep * self.bad_share + (1 - keep) * share
+        else:
+            self.bad_share = 0.7 * self.bad_share + 0.3 * share
         run.bad_share = self.bad_share
         if self.bad_share <= 0:
             self.ramp = max(self.ramp, 2 * len(rows))
