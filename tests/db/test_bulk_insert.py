@@ -331,6 +331,27 @@ def test_column_that_refused_null_sends_later_nulls_alone(engine):
     assert len(_codes(engine)) == 1024 - len(bad_ids)
 
 
+@pytest.mark.parametrize("bad", [{"qty": None}, {"code": "c1"}])
+def test_psycopg2_errors_give_hints_too(pg_url, bad):
+    """psycopg2 names the SQLSTATE ``pgcode``: its NOT NULL and duplicate-key hints are read too."""
+    pytest.importorskip("psycopg2")
+    made = sa.engine.make_url(pg_url).set(drivername="postgresql+psycopg2")
+    engine = sa.create_engine(made.render_as_string(hide_password=False))
+    try:
+        Base.metadata.create_all(engine)
+        sizes = _insert_sizes(engine)
+        records = _records(1000, {500: bad, 900: bad})
+        with Session(engine) as s:
+            inserted, failed = safe_bulk_insert(s, Item, records, batch_size=400)
+        assert [r["id"] for r, _ in failed] == [500, 900]
+        assert [r["id"] for r in inserted] == [i for i in range(1000) if i not in (500, 900)]
+        # the hint names the row: no bisection (which would send halves of the batch)
+        assert len(sizes) <= 10
+        assert len(_codes(engine)) == 998
+    finally:
+        engine.dispose()
+
+
 def test_row_sent_alone_for_a_null_still_lands_when_a_trigger_fills_it(pg):
     """Setting a row aside is a guess: a trigger that fills the column in makes it land."""
     with pg.begin() as conn:

@@ -42,8 +42,13 @@ def _any_equal(rows: Sequence[dict[str, Any]], val: str) -> list[int]:
     return [i for i, row in enumerate(rows) if any(str(v) == val for v in row.values())]
 
 
+def _state(err: Any) -> Any:
+    """The SQLSTATE of a PostgreSQL error: ``sqlstate`` (psycopg 3) or ``pgcode`` (psycopg2)."""
+    return getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+
+
 def _from_postgres(err: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
-    state = getattr(err, "sqlstate", None)
+    state = _state(err)
     diag = getattr(err, "diag", None)
     if diag is None or not isinstance(state, str):
         return []
@@ -88,7 +93,7 @@ def copy_line(error: BaseException, rows: Sequence[dict[str, Any]]) -> int | Non
 def null_column(error: BaseException) -> str | None:
     """The column a NOT NULL violation names (PostgreSQL, MySQL/MariaDB, SQLite), if any."""
     diag = getattr(error, "diag", None)
-    if getattr(error, "sqlstate", None) == "23502" and diag is not None:
+    if _state(error) == "23502" and diag is not None:
         column = getattr(diag, "column_name", None)
         return column if isinstance(column, str) and column else None
     text = str(error)
