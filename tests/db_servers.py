@@ -202,3 +202,67 @@ def kill_random_backends(
                 ).scalar()
             ):
                 on_kill()
+
+
+class TransferLedger:
+    """The transfers a chaos workload draws, by transfer id (thread-safe).
+
+    Both chaos runs move money between ``accounts`` accounts and afterwards check
+    the books against this ledger.
+    """
+
+    def __init__(self, accounts: int) -> None:
+        import threading
+
+        self.accounts = accounts
+        self.moves: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def draw(self, rng: Any, worker: int, i: int) -> tuple[str, int, int, int]:
+        """Draw transfer ``i`` of ``worker``: (id, source, destination, amount); record it."""
+        tid = f"w{worker}-{i}"
+        src, dst = rng.sample(range(self.accounts), 2)
+        amount = rng.randint(1, 50)
+        with self._lock:
+            self.moves[tid] = (src, dst, amount)
+        return tid, src, dst, amount
+
+    def expected(self, applied: Any, start: int) -> dict[int, int]:
+        """The balances after applying each of the ``applied`` transfer ids once."""
+        balances = dict.fromkeys(range(self.accounts), start)
+        for tid in applied:
+            src, dst, amount = self.moves[tid]
+            balances[src] -= amount
+            balances[dst] += amount
+        return balances
+
+
+def run_with_killer(
+    worker: Callable[[int], None], workers: int, killer: Callable[[Any], None]
+) -> None:
+    """Run ``worker(0..workers-1)`` in threads while ``killer(stop)`` runs until they end."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    thread = threading.Thread(target=killer, args=(stop,))
+    thread.start()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(worker, w) for w in range(workers)]:
+                future.result()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def read_books(engine: Any) -> tuple[dict[int, int], list[Any]]:
+    """Balances by account and the transfer rows, read on fresh connections."""
+    import sqlalchemy as sa
+
+    engine.dispose()
+    with engine.connect() as conn:
+        balances = dict(conn.execute(sa.text("SELECT id, balance FROM accounts")).all())
+        rows = conn.execute(sa.text("SELECT transfer_id, src, dst, amount FROM transfers")).all()
+    engine.dispose()
+    return balances, list(rows)

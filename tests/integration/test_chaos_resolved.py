@@ -22,7 +22,6 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -32,7 +31,12 @@ sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import event, text  # noqa: E402 - after the importorskip
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from db_servers import kill_random_backends  # noqa: E402
+from db_servers import (  # noqa: E402
+    TransferLedger,
+    kill_random_backends,
+    read_books,
+    run_with_killer,
+)
 from recoverly import events as ev  # noqa: E402
 from recoverly._core.clock import SystemClock  # noqa: E402
 from recoverly.db.errors import CommitOutcomeUnknown  # noqa: E402
@@ -122,17 +126,12 @@ def _run(
     event.listen(engine, "commit", chaos.at_commit)
     factory = sessionmaker(engine)
     clock = SystemClock()
-    ledger: dict[str, tuple[int, int, int]] = {}
-    ledger_lock = threading.Lock()
+    ledger = TransferLedger(ACCOUNTS)
 
     def worker(w: int) -> None:
         rng = random.Random(w)
         for i in range(TRANSFERS):
-            tid = f"w{w}-{i}"
-            src, dst = rng.sample(range(ACCOUNTS), 2)
-            amount = rng.randint(1, 50)
-            with ledger_lock:
-                ledger[tid] = (src, dst, amount)
+            tid, src, dst, amount = ledger.draw(rng, w, i)
             try:
                 run_transaction(
                     factory,
@@ -149,31 +148,16 @@ def _run(
             except CommitOutcomeUnknown:
                 chaos.add("commit_outcome_unknown")  # not resubmitted: it would hide the count
 
-    stop = threading.Event()
-    thread = threading.Thread(target=killer, args=(stop,))
-    thread.start()
     try:
-        with ThreadPoolExecutor(WORKERS) as pool:
-            for future in [pool.submit(worker, w) for w in range(WORKERS)]:
-                future.result()
+        run_with_killer(worker, WORKERS, killer)
     finally:
-        stop.set()
-        thread.join()
         event.remove(engine, "commit", chaos.at_commit)
-    engine.dispose()
-    with engine.connect() as conn:
-        balances = dict(conn.execute(text("SELECT id, balance FROM accounts")).all())
-        rows = conn.execute(text("SELECT transfer_id, src, dst, amount FROM transfers")).all()
-    engine.dispose()
+    balances, rows = read_books(engine)
     applied = Counter(tid for tid, *_ in rows)
-    expected = dict.fromkeys(range(ACCOUNTS), START)
-    for tid in applied:
-        src, dst, amount = ledger[tid]
-        expected[src] -= amount
-        expected[dst] += amount
+    expected = ledger.expected(applied, START)
     c = chaos.counts
     figures = {
-        "transfers": len(ledger),
+        "transfers": len(ledger.moves),
         "committed": c["committed"],
         "random_kills": c["random_kills"],
         "killed_before_commit": c["killed_before_commit"],
@@ -183,7 +167,7 @@ def _run(
         "resolved_unknown": c["resolved_unknown"],
         "retries": c["retries"],
         "commit_outcome_unknown": c["commit_outcome_unknown"],
-        "lost": len(ledger.keys() - applied.keys()),
+        "lost": len(ledger.moves.keys() - applied.keys()),
         "duplicated": sum(n - 1 for n in applied.values()),
     }
     assert sum(balances.values()) == ACCOUNTS * START

@@ -25,7 +25,6 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -35,7 +34,12 @@ sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import text  # noqa: E402 - after the importorskip
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from db_servers import kill_random_backends  # noqa: E402
+from db_servers import (  # noqa: E402
+    TransferLedger,
+    kill_random_backends,
+    read_books,
+    run_with_killer,
+)
 from recoverly import events as ev  # noqa: E402
 from recoverly._core.clock import SystemClock  # noqa: E402
 from recoverly.db._classify import FailureKind, classify  # noqa: E402
@@ -126,17 +130,12 @@ def test_chaos_transfers_apply_exactly_once(pg_url, pg_admin, record_property):
     ev.subscribe(figures.on_retry, RetryScheduled)
     factory = sessionmaker(engine)
     clock = SystemClock()
-    ledger: dict[str, tuple[int, int, int]] = {}
-    ledger_lock = threading.Lock()
+    ledger = TransferLedger(ACCOUNTS)
 
     def worker(w: int) -> None:
         rng = random.Random(w)
         for i in range(TRANSFERS):
-            tid = f"w{w}-{i}"
-            src, dst = rng.sample(range(ACCOUNTS), 2)
-            amount = rng.randint(1, 50)
-            with ledger_lock:
-                ledger[tid] = (src, dst, amount)
+            tid, src, dst, amount = ledger.draw(rng, w, i)
 
             def committed(session: Session, tid: str = tid) -> bool:
                 found = session.execute(
@@ -164,31 +163,14 @@ def test_chaos_transfers_apply_exactly_once(pg_url, pg_admin, record_property):
                     figures.add("commit_outcome_unknown")  # resubmit the same transfer_id
             figures.add(f"outcome_{outcome}")
 
-    stop = threading.Event()
     app = sa.engine.make_url(pg_url).query["application_name"]
-    killer = threading.Thread(target=_killer, args=(pg_admin, app, stop, figures))
-    killer.start()
-    try:
-        with ThreadPoolExecutor(WORKERS) as pool:
-            for future in [pool.submit(worker, w) for w in range(WORKERS)]:
-                future.result()
-    finally:
-        stop.set()
-        killer.join()
-    engine.dispose()
-
-    with engine.connect() as conn:
-        balances = dict(conn.execute(text("SELECT id, balance FROM accounts")).all())
-        rows = conn.execute(text("SELECT transfer_id, src, dst, amount FROM transfers")).all()
-    engine.dispose()
+    run_with_killer(worker, WORKERS, lambda stop: _killer(pg_admin, app, stop, figures))
+    balances, rows = read_books(engine)
     applied = {tid: (src, dst, amount) for tid, src, dst, amount in rows}
-    expected = dict.fromkeys(range(ACCOUNTS), START)
-    for src, dst, amount in applied.values():
-        expected[src] -= amount
-        expected[dst] += amount
+    expected = ledger.expected(applied, START)
     c = figures.counts
     report = {
-        "transfers": len(ledger),
+        "transfers": len(ledger.moves),
         "committed": c["outcome_applied"] + c["outcome_already"],
         "killed": c["killed"],
         "retries": c["retries"],
@@ -199,15 +181,15 @@ def test_chaos_transfers_apply_exactly_once(pg_url, pg_admin, record_property):
         "lost_commits_retried": c["lost_commit_retried"],
         "commit_outcome_unknown": c["commit_outcome_unknown"],
         "resubmitted_found_applied": c["outcome_already"],
-        "lost": len(ledger.keys() - applied.keys()),
-        "duplicated": len(rows) - len(applied) + len(applied.keys() - ledger.keys()),
+        "lost": len(ledger.moves.keys() - applied.keys()),
+        "duplicated": len(rows) - len(applied) + len(applied.keys() - ledger.moves.keys()),
     }
     print("\nchaos transfers:", ", ".join(f"{k}={v}" for k, v in report.items()))  # noqa: T201
     for key, value in report.items():
         record_property(key, value)
 
     assert sum(balances.values()) == ACCOUNTS * START
-    assert applied == ledger  # every transfer once, with its own accounts and amount
+    assert applied == ledger.moves  # every transfer once, with its own accounts and amount
     assert balances == expected  # and its effect applied exactly once
     assert (report["lost"], report["duplicated"]) == (0, 0)
     assert report["committed"] == WORKERS * TRANSFERS
